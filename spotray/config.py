@@ -1,0 +1,279 @@
+"""The job config: one pydantic tree, validated before any Ray work starts.
+
+Every section forbids unknown keys, every field says what it is for, and a bad file ends
+in one line that names the field path and the reason (`ConfigError`). The parts that fix
+the training trajectory (model, data, optimizer, seed) are kept apart from the parts that
+only say where and how it runs (scaling, checkpoint, failure, spot), so a run may resume
+on another world size or storage but is warned when its trajectory changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from spotray.errors import ConfigError
+from train.data import BUILTIN_PYDOC, BYTE_VOCAB, is_parquet_source
+from train.presets import PRESETS, GPTConfig
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(Section):
+    """The GPT's shape: a preset, optionally with single dimensions changed."""
+
+    preset: Literal["tiny", "small", "gpt2", "gpt2-medium", "gpt2-large"] = Field(
+        "tiny", description="tiny trains in minutes on 2 CPU cores; gpt2* are for GPUs"
+    )
+    n_layer: int | None = Field(None, gt=0, description="transformer blocks (default: preset)")
+    n_head: int | None = Field(None, gt=0, description="attention heads (default: preset)")
+    n_embd: int | None = Field(None, gt=0, description="embedding width (default: preset)")
+    block_size: int | None = Field(None, gt=1, description="context length (default: preset)")
+    vocab_size: int | None = Field(
+        None, gt=1, description="default: 256 for text, shard metadata for Parquet"
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelSection:
+        _, head, embd, _ = PRESETS[self.preset]
+        head, embd = self.n_head or head, self.n_embd or embd
+        if embd % head:
+            raise ValueError(f"n_embd ({embd}) must be divisible by n_head ({head})")
+        return self
+
+    def gpt_config(self, data_vocab: int) -> GPTConfig:
+        layer, head, embd, block = PRESETS[self.preset]
+        return GPTConfig(
+            n_layer=self.n_layer or layer,
+            n_head=self.n_head or head,
+            n_embd=self.n_embd or embd,
+            block_size=self.block_size or block,
+            vocab_size=self.vocab_size or data_vocab,
+            dropout=self.dropout,
+        )
+
+
+class DataSection(Section):
+    """Where the tokens come from."""
+
+    source: str = Field(
+        BUILTIN_PYDOC,
+        description=(
+            "builtin:pydoc (Python's own docs, no download), a text file (byte-level), or "
+            "Parquet token shards: a .parquet file or a folder of them, local or s3://"
+        ),
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _exists(cls, v: str) -> str:
+        if v == BUILTIN_PYDOC or v.startswith("s3://"):
+            return v
+        if v.startswith("builtin:"):
+            raise ValueError(f"unknown builtin source {v!r}; the builtin source is {BUILTIN_PYDOC}")
+        if "://" in v:
+            raise ValueError(f"unsupported URI scheme in {v!r}: use a local path or s3://")
+        if not Path(v).exists():
+            raise ValueError(f"no such file or folder: {v}")
+        return str(Path(v).resolve()) + ("/" if Path(v).is_dir() else "")
+
+    @property
+    def is_parquet(self) -> bool:
+        return is_parquet_source(self.source)
+
+
+class OptimizerSection(Section):
+    """AdamW with linear warmup and cosine decay, as in nanoGPT."""
+
+    global_batch_size: int = Field(
+        32, gt=0, description="sequences per optimizer step, the same at every world size"
+    )
+    micro_batch_size: int = Field(
+        8, gt=0, description="sequences per forward pass on one worker; accumulation does the rest"
+    )
+    steps: int = Field(500, gt=0, description="length of the run and of its LR schedule")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    min_lr: float = Field(1e-4, ge=0, description="learning rate at the end of the cosine decay")
+    warmup_steps: int = Field(20, ge=0, description="linear warmup from 0 to lr")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay")
+    beta1: float = Field(0.9, gt=0, lt=1)
+    beta2: float = Field(0.95, gt=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="max global gradient norm; 0 turns it off")
+
+    @model_validator(mode="after")
+    def _schedule(self) -> OptimizerSection:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})")
+        return self
+
+
+class ScalingSection(Section):
+    """How many Ray Train workers, and what each one holds."""
+
+    min_workers: int = Field(1, gt=0, description="fewest workers the job runs on")
+    max_workers: int = Field(1, gt=0, description="most workers; equal to min_workers for a fixed size")
+    use_gpu: bool = Field(False, description="one GPU per worker, NCCL; otherwise CPU and gloo")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="extra Ray resources per worker, e.g. {spot_slot: 1}"
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScalingSection:
+        if self.min_workers > self.max_workers:
+            raise ValueError(
+                f"min_workers ({self.min_workers}) must not exceed max_workers ({self.max_workers})"
+            )
+        for key in ("CPU", "GPU"):
+            if key in self.resources_per_worker:
+                raise ValueError(f"set {key} through cpus_per_worker/use_gpu, not resources_per_worker")
+        return self
+
+
+class CheckpointSection(Section):
+    """Where checkpoints go, how often, and how many stay."""
+
+    storage_path: str = Field(
+        "./runs", description="local folder or s3://bucket/prefix; the run lives in <path>/<name>"
+    )
+    interval: int | Literal["auto"] = Field(
+        50, description="steps between checkpoints, or auto (Young/Daly, see spotray.interval)"
+    )
+    keep: int = Field(3, gt=0, description="newest checkpoints kept (CheckpointConfig.num_to_keep)")
+    prior_mtbf_hours: float = Field(
+        2.0, gt=0, description="auto interval: prior mean time between failures of one node"
+    )
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _interval(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"must be a positive number of steps or 'auto', got {v!r}")
+        return v
+
+
+class S3Section(Section):
+    """How to reach S3 (checkpoints and data); pyarrow does not read AWS_ENDPOINT_URL itself."""
+
+    endpoint_url: str | None = Field(
+        None,
+        description="S3-compatible endpoint; default AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, AWS",
+    )
+    region: str | None = Field(None, description="default AWS_REGION, AWS_DEFAULT_REGION, us-east-1")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {v!r}")
+        return v
+
+
+class FailureSection(Section):
+    """Retry budgets (Ray Train's FailureConfig). Preemptions have their own budget."""
+
+    max_failures: int = Field(3, ge=-1, description="worker errors and lost nodes retried; -1 forever")
+    max_preemption_failures: int = Field(
+        -1, ge=-1, description="announced preemptions (drained nodes) retried; -1 forever"
+    )
+
+
+class SpotSection(Section):
+    """What the nodes are, for the cost ledger."""
+
+    instance_type: str = Field("p3.8xlarge", description="EC2 instance type of the workers")
+    region: str = Field("us-east-1", description="AWS region")
+
+
+class JobConfig(Section):
+    """A training job: what it trains (model, data, optimizer, seed) and how it runs."""
+
+    name: str = Field(..., pattern=NAME_PATTERN, description="run name; its checkpoints' folder")
+    seed: int = Field(1337, ge=0, description="fixes the initial weights and the data order")
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    failure: FailureSection = Field(default_factory=FailureSection)
+    s3: S3Section = Field(default_factory=S3Section)
+    spot: SpotSection | None = Field(None, description="instance type and region, for cost")
+
+    @model_validator(mode="after")
+    def _batch_covers_workers(self) -> JobConfig:
+        if self.optimizer.global_batch_size < self.scaling.max_workers:
+            raise ValueError(
+                f"optimizer.global_batch_size ({self.optimizer.global_batch_size}) is smaller "
+                f"than scaling.max_workers ({self.scaling.max_workers}): some workers would idle"
+            )
+        if not self.data.is_parquet and self.model.vocab_size not in (None, BYTE_VOCAB):
+            raise ValueError(f"model.vocab_size must be {BYTE_VOCAB} for byte-level text")
+        return self
+
+    def trajectory(self) -> dict[str, Any]:
+        """The settings that fix the sequence of parameters, whatever the world size."""
+        return self.model_dump(include={"seed", "model", "data", "optimizer"}, mode="json")
+
+    def digest(self) -> str:
+        blob = json.dumps(self.trajectory(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "literal[")))
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    elif "input" in first and first["type"] not in ("value_error",) and not isinstance(first["input"], dict):
+        msg = f"{msg} (got {first['input']!r})"
+    where = f"{loc}: " if loc else ""
+    more = len(err.errors()) - 1
+    tail = f" (and {more} more problem{'s' * (more > 1)})" if more else ""
+    return f"{source}: {where}{msg}{tail}"
+
+
+def parse_config(data: Any, source: str = "config") -> JobConfig:
+    """Validate a parsed YAML document; `ConfigError` names the field and the reason."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings at the top level")
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(source, err)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> JobConfig:
+    """Read and validate a job config file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    return parse_config(data, str(path))

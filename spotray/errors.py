@@ -1,0 +1,19 @@
+"""The errors spotray shows to people: one line each, with the exit code they deserve."""
+
+
+class SpotrayError(Exception):
+    """A problem the user can fix; the CLI prints it as one line, no traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(SpotrayError):
+    """The job config (or a command-line value) is invalid."""
+
+    exit_code = 2
+
+
+class CheckpointMismatchError(SpotrayError):
+    """The run's checkpoints were written for another model shape than the config's."""
+
+    exit_code = 2

@@ -1,0 +1,89 @@
+"""`spotray train --address`: the same run, submitted to a cluster as a Ray Job.
+
+The config is validated here and travels in the job's environment as JSON; the code
+travels as `py_modules` (this checkout's `spotray` and `train`), so the cluster runs what
+you have even when its image carries an older spotray. The job's driver is
+`python -m spotray.job`, which calls the same `spotray.trainer.train` as a local run and
+prints plain progress lines that stream back here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from rich.console import Console
+
+from spotray.config import JobConfig
+from spotray.errors import SpotrayError
+
+CONFIG_ENV = "SPOTRAY_JOB_CONFIG"
+STOP_STEP_ENV = "SPOTRAY_JOB_STOP_STEP"
+FRESH_ENV = "SPOTRAY_JOB_FRESH"
+PACKAGES = [Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent / "train"]
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def dashboard_url(address: str) -> str:
+    """`auto` (this machine's running cluster), `HOST:PORT` or an http(s) URL."""
+    if address == "auto":
+        return (
+            os.environ.get("RAY_API_SERVER_ADDRESS")
+            or os.environ.get("RAY_ADDRESS")
+            or "http://127.0.0.1:8265"
+        )
+    return address if "://" in address else f"http://{address}"
+
+
+def for_cluster(cfg: JobConfig, url: str, console: Console) -> JobConfig:
+    """Pin relative paths to this machine's view, and warn where a remote cluster cannot see them."""
+    storage = cfg.checkpoint.storage_path
+    if not storage.startswith("s3://"):
+        storage = str(Path(storage).expanduser().resolve())
+        if urlparse(url).hostname not in LOCAL_HOSTS:
+            console.print(
+                f"[yellow]warning:[/] checkpoint.storage_path {storage} is a local folder; on a remote "
+                "cluster every node must see it (NFS), or use s3://"
+            )
+    return cfg.model_copy(update={"checkpoint": cfg.checkpoint.model_copy(update={"storage_path": storage})})
+
+
+def submit(cfg: JobConfig, address: str, steps: int | None, fresh: bool, console: Console) -> int:
+    """Submit the run as a Ray Job, stream its logs, and return its exit code."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    url = dashboard_url(address)
+    cfg = for_cluster(cfg, url, console)
+    try:
+        client = JobSubmissionClient(url)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise SpotrayError(f"cannot reach the Ray dashboard at {url}: {str(err).splitlines()[0]}") from None
+    env = {CONFIG_ENV: cfg.model_dump_json(), FRESH_ENV: "1" if fresh else "0"}
+    if steps:
+        env[STOP_STEP_ENV] = str(steps)
+    job_id = client.submit_job(
+        entrypoint="python -m spotray.job",
+        submission_id=f"spotray-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        runtime_env={"py_modules": [str(p) for p in PACKAGES], "env_vars": env},
+        metadata={"spotray_run": cfg.name},
+    )
+    console.print(f"submitted Ray Job [bold]{job_id}[/] to {url}; streaming its logs (Ctrl-C detaches)")
+
+    async def stream() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            console.out(chunk, end="", highlight=False)
+
+    try:
+        asyncio.run(stream())
+    except KeyboardInterrupt:
+        console.print(f"\ndetached; the job goes on. Stop it with: ray job stop {job_id} --address {url}")
+        return 130
+    status = client.get_job_status(job_id)
+    if status != JobStatus.SUCCEEDED:
+        info = client.get_job_info(job_id)
+        console.print(f"[red]job {job_id} {status.value.lower()}[/]: {info.message or ''}".rstrip(": "))
+        return 1
+    return 0

@@ -1,0 +1,137 @@
+"""Live progress of a run: rank 0 pushes events to a small actor, the driver draws them.
+
+`ray.train.report` is a barrier whose results the controller collects every 2 s, so it is
+kept for checkpoints; per-step numbers go to `ProgressHub`, a zero-CPU actor owned by the
+driver, with fire-and-forget calls. The hub outlives worker-group restarts, which also
+makes it the place that counts them (for the `auto` checkpoint interval and the summary).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+@ray.remote(num_cpus=0)
+class ProgressHub:
+    """Collects what rank 0 says: `step`, `start` and `checkpoint` events."""
+
+    def __init__(self) -> None:
+        self.latest_step: dict[str, Any] | None = None
+        self.events: list[dict[str, Any]] = []
+
+    def push(self, event: dict[str, Any]) -> None:
+        event["time"] = time.time()
+        if event["kind"] == "step":
+            self.latest_step = event
+        else:
+            self.events.append(event)
+
+    def poll(self, since: int) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The newest step event and the other events from index `since` on."""
+        return self.latest_step, self.events[since:]
+
+    def failure_record(self) -> tuple[int, float]:
+        """(restarts so far, node-seconds exposed so far), asked by a starting worker group."""
+        starts = [e for e in self.events if e["kind"] == "start"]
+        now = time.time()
+        exposure = sum(
+            e["nodes"] * ((starts[i + 1]["time"] if i + 1 < len(starts) else now) - e["time"])
+            for i, e in enumerate(starts)
+        )
+        return len(starts), exposure
+
+
+@dataclass
+class RunState:
+    """What the driver knows of the run, folded from the hub's events."""
+
+    total: int
+    step: int = 0
+    loss: float = float("nan")
+    tokens_per_s: float = 0.0
+    world_size: int = 0
+    starts: int = 0
+    first_step: int | None = None
+    last_checkpoint: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def restarts(self) -> int:
+        return max(0, self.starts - 1)
+
+    def fold(self, latest: dict[str, Any] | None, events: list[dict[str, Any]]) -> list[str]:
+        """Take in new events; returns lines worth printing."""
+        lines = []
+        for e in events:
+            if e["kind"] == "start":
+                self.starts += 1
+                self.world_size = e["world_size"]
+                if self.first_step is None:
+                    self.first_step = e["step"]
+                where = f"from step {e['step']}" if e["resumed_from"] else "from scratch"
+                if e.get("recovered_unregistered"):
+                    where += " (complete in storage, not yet registered by Ray)"
+                verb = "started" if self.starts == 1 else f"restart {self.starts - 1}:"
+                lines.append(f"{verb} {where} on {e['world_size']} worker(s)")
+            elif e["kind"] == "checkpoint":
+                self.last_checkpoint = e
+        if latest is not None:
+            self.step, self.loss = latest["step"], latest["loss"]
+            self.tokens_per_s, self.world_size = latest["tokens_per_s"], latest["world_size"]
+        return lines
+
+    def status(self) -> str:
+        ckpt = f"step {self.last_checkpoint['step']}" if self.last_checkpoint else "none yet"
+        return (
+            f"loss {self.loss:.4f}  {self.tokens_per_s:,.0f} tok/s  "
+            f"workers {self.world_size}  checkpoint {ckpt}"
+        )
+
+
+class ProgressView:
+    """A progress bar on a terminal; a line every `every_s` seconds in logs (Ray Jobs, CI)."""
+
+    def __init__(self, state: RunState, console: Console, every_s: float = 10.0) -> None:
+        self.state = state
+        self.console = console
+        self.live = console.is_terminal and sys.stdout.isatty()
+        self.every_s = every_s
+        self._last_line = 0.0
+        self._bar: Progress | None = None
+        self._task = None
+
+    def __enter__(self) -> ProgressView:
+        if self.live:
+            self._bar = Progress(
+                TextColumn("[bold]step"),
+                MofNCompleteColumn(),
+                BarColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task("starting Ray Train...", total=self.state.total)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def update(self, latest: dict[str, Any] | None, events: list[dict[str, Any]]) -> None:
+        for line in self.state.fold(latest, events):
+            self.console.print(line)
+        if self.state.starts == 0:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.state.step, description=self.state.status())
+        elif time.monotonic() - self._last_line >= self.every_s and latest is not None:
+            self._last_line = time.monotonic()
+            self.console.print(f"step {self.state.step}/{self.state.total}  {self.state.status()}")

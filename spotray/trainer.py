@@ -1,0 +1,254 @@
+"""Assembles and runs a job: preflight, Ray Train's TorchTrainer, live progress, summary.
+
+The driver does what must happen before Ray starts (validate, check the run's existing
+checkpoints against the config) and what needs the whole picture (progress, the summary,
+a text sample from the final model). The per-rank work is in `train.loop`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from rich.console import Console
+
+from spotray import checkpoint as ckpt
+from spotray.config import JobConfig
+from spotray.errors import CheckpointMismatchError, SpotrayError
+from spotray.progress import ProgressHub, ProgressView, RunState
+from spotray.storage import Location, resolve, run_location
+from train.data import BYTE_VOCAB, declared_vocab
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+POLL_S = 0.5  # how often the driver asks the hub for news
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    name: str
+    steps: int
+    final_loss: float
+    restarts: int
+    wall_s: float
+    run_uri: str
+    checkpoint_uri: str | None
+    resumed_from_step: int | None
+    sample: str | None
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`key (old -> new)` for every trajectory setting that differs from the checkpoint's."""
+    a, b = _flatten(saved), _flatten(now)
+    return [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def expected_shape(cfg: JobConfig) -> dict[str, Any] | None:
+    """The model shape the config asks for, or None when the vocabulary is only known from data."""
+    if not cfg.data.is_parquet:
+        return cfg.model.gpt_config(BYTE_VOCAB).as_dict()
+    vocab = cfg.model.vocab_size
+    if vocab is None:
+        loc = resolve(cfg.data.source, cfg.s3)
+        vocab = declared_vocab(loc.fs, loc.path)
+    return cfg.model.gpt_config(vocab).as_dict() if vocab else None
+
+
+def preflight(cfg: JobConfig, fresh: bool, console: Console) -> tuple[Location, ckpt.StoredCheckpoint | None]:
+    """Check the run's storage before anything starts; returns it and the checkpoint to resume."""
+    run = run_location(cfg)
+    try:
+        if fresh and run.exists():
+            console.print(f"--fresh: deleting {run.uri}")
+            ckpt.delete(run)
+        existing = ckpt.latest(run)
+    except OSError as err:
+        raise SpotrayError(f"cannot read checkpoint storage {run.uri}: {err}") from None
+    if existing is None:
+        return run, None
+    meta = existing.meta or {}
+    shape = expected_shape(cfg)
+    if shape is not None and meta.get("model") != shape:
+        diff = changed_settings({"model": meta.get("model")}, {"model": shape})
+        raise CheckpointMismatchError(
+            f"{existing.location.uri} holds another model shape than the config: "
+            f"{', '.join(diff)}; use another name, or --fresh to start over"
+        )
+    changes = changed_settings(meta.get("trajectory", {}), cfg.trajectory())
+    if changes:
+        console.print(f"[yellow]resuming with changed settings:[/] {', '.join(changes)}")
+    return run, existing
+
+
+def start_ray(cfg: JobConfig, attach: bool, log_to_driver: bool = False) -> None:
+    """Attach to the cluster (inside a Ray Job) or start a private local Ray."""
+    if ray.is_initialized():
+        return
+    # Workers do not inherit the driver's sys.path: make a source checkout importable.
+    pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+    if attach:
+        ray.init(address="auto", logging_level=logging.WARNING)
+        return
+    # "Token authentication is enabled" is news to nobody on a private 127.0.0.1 cluster.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    scaling = cfg.scaling
+    cpus = max(os.cpu_count() or 1, math.ceil(scaling.max_workers * scaling.cpus_per_worker))
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        resources={k: v * scaling.max_workers for k, v in scaling.resources_per_worker.items()},
+        # The dashboard also serves the State API that Ray Train's placement-group cleaner polls.
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        log_to_driver=log_to_driver,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+    )
+
+
+def build_trainer(cfg: JobConfig, run: Location, stop_step: int, hub: Any) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from train.loop import train_loop_per_worker
+
+    s = cfg.scaling
+    resources = {"CPU": s.cpus_per_worker, **s.resources_per_worker}
+    if s.use_gpu:
+        resources["GPU"] = 1
+    workers = s.min_workers if s.min_workers == s.max_workers else (s.min_workers, s.max_workers)
+    storage_root = resolve(cfg.checkpoint.storage_path, cfg.s3)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "run": run,
+            "stop_step": stop_step,
+            "hub": hub,
+        },
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=storage_root.path,
+            storage_filesystem=storage_root.fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            failure_config=FailureConfig(
+                max_failures=cfg.failure.max_failures,
+                max_preemption_failures=cfg.failure.max_preemption_failures,
+            ),
+        ),
+    )
+
+
+def _failure_message(err: Exception) -> str:
+    """The root cause of a failed fit(), as one line."""
+    failures = getattr(err, "worker_failures", None)
+    if failures:
+        rank, cause = sorted(failures.items())[0]
+        text = str(cause).strip().splitlines()
+        return f"worker rank {rank} failed: {text[-1] if text else type(cause).__name__}"
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__
+
+
+def train(
+    cfg: JobConfig,
+    stop_step: int | None,
+    fresh: bool,
+    console: Console,
+    attach: bool = False,
+    log_to_driver: bool = False,
+) -> RunSummary:
+    """Run the job to `stop_step` (default: the config's steps), resuming from storage.
+
+    `attach` joins the cluster this process runs in (a Ray Job); otherwise a private Ray
+    starts here. Ray's own worker logs are shown only with `log_to_driver`.
+    """
+    stop = stop_step or cfg.optimizer.steps
+    run, existing = preflight(cfg, fresh, console)
+    resumed = existing.step if existing else None
+    if existing is not None and existing.step >= stop:
+        console.print(f"{run.uri} is already at step {existing.step}: nothing to train (--steps N goes on)")
+        return _summary(cfg, run, RunState(total=stop, step=existing.step), 0.0, resumed)
+
+    console.print(f"[bold]{cfg.name}[/]: training to step {stop}, checkpoints in {run.uri}")
+    start_ray(cfg, attach, log_to_driver)
+    hub = ProgressHub.remote()
+    state = RunState(total=stop)
+    t0 = time.perf_counter()
+    done = threading.Event()
+
+    with ProgressView(state, console) as view:
+
+        def poll() -> None:
+            seen = 0
+            while not done.is_set():
+                latest, events = ray.get(hub.poll.remote(seen))
+                seen += len(events)
+                view.update(latest, events)
+                done.wait(POLL_S)
+            latest, events = ray.get(hub.poll.remote(seen))
+            view.update(latest, events)
+
+        poller = threading.Thread(target=poll, name="spotray-progress", daemon=True)
+        poller.start()
+        try:
+            build_trainer(cfg, run, stop, hub).fit()
+        except ray.train.TrainingFailedError as err:
+            raise SpotrayError(f"training failed: {_failure_message(err)}") from err
+        finally:
+            done.set()
+            poller.join(timeout=10)
+    return _summary(cfg, run, state, time.perf_counter() - t0, resumed)
+
+
+def _summary(
+    cfg: JobConfig, run: Location, state: RunState, wall_s: float, resumed: int | None
+) -> RunSummary:
+    final = ckpt.latest(run)
+    meta = (final.meta or {}) if final else {}
+    return RunSummary(
+        name=cfg.name,
+        steps=int(meta.get("step", state.step)),
+        final_loss=float(meta.get("loss", state.loss)),
+        restarts=state.restarts,
+        wall_s=wall_s,
+        run_uri=run.uri,
+        checkpoint_uri=final.location.uri if final else None,
+        resumed_from_step=resumed,
+        sample=sample_text(final)
+        if final and meta.get("model", {}).get("vocab_size") == BYTE_VOCAB
+        else None,
+    )
+
+
+def sample_text(checkpoint: ckpt.StoredCheckpoint, new_tokens: int = 240, seed: int = 0) -> str:
+    """A short text sampled from a byte-level checkpoint's model, to see what it learned."""
+    import torch
+
+    from train.model import GPT
+    from train.presets import GPTConfig
+
+    state = ckpt.load_file(checkpoint.location, ckpt.STATE_FILE)
+    model = GPT(GPTConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    prompt = torch.tensor([list(b"The ")], dtype=torch.long)
+    out = model.generate(prompt, new_tokens, generator=torch.Generator().manual_seed(seed))
+    return bytes(out[0].tolist()).decode("utf-8", errors="replace")

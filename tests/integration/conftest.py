@@ -1,0 +1,42 @@
+"""Integration fixtures: one uninterrupted reference run that interrupted runs must match."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from spotray import checkpoint as ckpt
+from tests.conftest import TEST_CONFIG, run_spotray, write_config
+
+STEPS = TEST_CONFIG["optimizer"]["steps"]
+BATCH = TEST_CONFIG["optimizer"]["global_batch_size"]
+
+
+def final_state(workdir: Path, step: int = STEPS) -> dict:
+    return torch.load(
+        workdir / "runs" / "t" / ckpt.dir_name(step) / ckpt.STATE_FILE, map_location="cpu", weights_only=False
+    )
+
+
+def assert_bit_identical(a: dict, b: dict) -> None:
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), f"parameter {key} differs"
+    for state_a, state_b in zip(
+        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
+    ):
+        assert torch.equal(state_a["exp_avg"], state_b["exp_avg"])
+        assert torch.equal(state_a["exp_avg_sq"], state_b["exp_avg_sq"])
+    assert a["scheduler"] == b["scheduler"]
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """An uninterrupted 2-worker run."""
+    workdir = tmp_path_factory.mktemp("reference")
+    result = run_spotray(["train", str(write_config(workdir))], cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return workdir, result

@@ -1,0 +1,107 @@
+"""The checkpoint format: whole or invisible, and the newest whole one is found."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+import torch
+
+from spotray import checkpoint as ckpt
+from spotray.storage import Location
+
+
+def local(path: Path) -> Location:
+    return Location(pafs.LocalFileSystem(), str(path), str(path))
+
+
+def write(staging: Path, step: int, world: int = 2) -> Path:
+    """Both ranks' parts of a small checkpoint, as the loop writes them."""
+    for rank in range(world):
+        writer = ckpt.CheckpointWriter(staging / f"rank{rank}", rank)
+        files = {ckpt.rng_file(rank): ckpt.rng_state()}
+        meta = None
+        if rank == 0:
+            files[ckpt.STATE_FILE] = {"model": {"w": torch.full((4,), float(step))}}
+            meta = {"step": step, "world_size": world, "loss": 1.0}
+        writer.start(step, files, meta, stall_s=0.01, metrics={"step": step})
+        pending = writer.wait()
+        for item in pending.folder.iterdir():  # the storage upload: ranks merge into one folder
+            dest = staging / "run" / ckpt.dir_name(step)
+            dest.mkdir(parents=True, exist_ok=True)
+            item.rename(dest / item.name)
+    return staging / "run" / ckpt.dir_name(step)
+
+
+def test_complete_checkpoint_is_found_with_its_metadata(tmp_path: Path) -> None:
+    write(tmp_path, 10)
+    write(tmp_path, 20)
+    found = ckpt.scan(local(tmp_path / "run"))
+    assert [c.step for c in found] == [10, 20]
+    newest = ckpt.latest(local(tmp_path / "run"))
+    assert newest is not None and newest.step == 20
+    assert newest.meta["loss"] == 1.0 and newest.meta["write_seconds"] >= 0
+    assert newest.meta["stall_seconds"] == 0.01
+    state = ckpt.load_file(newest.location, ckpt.STATE_FILE)
+    assert state["model"]["w"].tolist() == [20.0] * 4
+
+
+@pytest.mark.parametrize(
+    "damage,problem",
+    [
+        (lambda d: (d / ckpt.manifest_file(1)).unlink(), "no manifest-rank1.json"),
+        (lambda d: (d / ckpt.META_FILE).unlink(), "no spotray.json"),
+        (lambda d: (d / ckpt.rng_file(1)).unlink(), "rng-rank1.pt: missing"),
+        (lambda d: os.truncate(d / ckpt.STATE_FILE, 10), "state.pt: 10 bytes"),
+        (lambda d: (d / ckpt.META_FILE).write_text("{"), "spotray.json"),
+    ],
+    ids=["rank 1 never uploaded", "no metadata", "file missing", "file cut short", "metadata garbled"],
+)
+def test_torn_checkpoint_is_never_the_latest(tmp_path: Path, damage, problem: str) -> None:
+    write(tmp_path, 10)
+    damage(write(tmp_path, 20))
+    run = local(tmp_path / "run")
+    torn = next(c for c in ckpt.scan(run) if c.step == 20)
+    assert not torn.complete and problem in torn.problem
+    assert ckpt.latest(run).step == 10
+
+
+WRITER = """
+import sys, torch
+from pathlib import Path
+from spotray import checkpoint as ckpt
+writer = ckpt.CheckpointWriter(Path(sys.argv[1]), 0)
+big = torch.zeros(150_000_000)  # 600 MB: long enough to be killed in the middle
+writer.start(30, {ckpt.STATE_FILE: {"model": {"w": big}}, ckpt.rng_file(0): ckpt.rng_state()},
+             {"step": 30, "world_size": 1}, stall_s=0.0, metrics={})
+writer.wait()
+"""
+
+
+def test_kill_during_write_leaves_a_torn_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL the writing process while state.pt is half written: the folder never counts."""
+    staging = tmp_path / "staging"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(staging)])
+    state = staging / ckpt.dir_name(30) / ckpt.STATE_FILE
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (state.exists() and state.stat().st_size > 1_000_000):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), "the writer never started writing"
+    found = ckpt.scan(local(staging))
+    assert len(found) == 1 and not found[0].complete
+    assert ckpt.latest(local(staging)) is None
+
+
+def test_metadata_is_plain_json(tmp_path: Path) -> None:
+    folder = write(tmp_path, 5, world=1)
+    meta = json.loads((folder / ckpt.META_FILE).read_text())
+    assert meta["step"] == 5 and meta["world_size"] == 1

@@ -1,0 +1,89 @@
+"""A bad config ends with exit code 2 and one line naming the field and the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spotray.config import JobConfig, parse_config
+from spotray.errors import ConfigError
+from tests.conftest import TEST_CONFIG, deep_merge, run_spotray, write_config
+
+BAD_CONFIGS = [
+    # (what, config update or raw text, words the error must contain)
+    ("unknown top-level key", {"epochs": 3}, ["epochs", "unknown key"]),
+    ("unknown nested key", {"optimizer": {"learning_rate": 0.1}}, ["optimizer.learning_rate", "unknown key"]),
+    ("wrong type", {"optimizer": {"steps": "many"}}, ["optimizer.steps", "integer", "'many'"]),
+    ("negative lr", {"optimizer": {"lr": -0.1}}, ["optimizer.lr", "greater than 0", "-0.1"]),
+    ("min above max", {"scaling": {"min_workers": 3, "max_workers": 2}}, ["scaling", "min_workers (3)"]),
+    ("min_lr above lr", {"optimizer": {"lr": 1e-4, "min_lr": 1e-3}}, ["optimizer", "min_lr"]),
+    ("bad interval", {"checkpoint": {"interval": "often"}}, ["checkpoint.interval", "'auto'", "'often'"]),
+    ("zero interval", {"checkpoint": {"interval": 0}}, ["checkpoint.interval", "positive"]),
+    ("missing data file", {"data": {"source": "no/such/file.txt"}}, ["data.source", "no such file"]),
+    ("unknown preset", {"model": {"preset": "gpt5"}}, ["model.preset", "'gpt5'"]),
+    ("heads do not divide", {"model": {"n_head": 3}}, ["model", "divisible"]),
+    ("batch below workers", {"optimizer": {"global_batch_size": 1}}, ["global_batch_size", "max_workers"]),
+    ("bad name", {"name": "../escape"}, ["name", "pattern"]),
+    ("bad s3 endpoint", {"s3": {"endpoint_url": "127.0.0.1:9000"}}, ["s3.endpoint_url", "http://"]),
+]
+
+
+@pytest.mark.parametrize("what,update,words", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_config_is_one_line_exit_2(tmp_path: Path, what: str, update: dict, words: list[str]) -> None:
+    path = write_config(tmp_path, update)
+    result = run_spotray(["train", str(path)], cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("name: t\noptimizer: {lr: 0.1\n", ["invalid YAML", ":3:1"]),
+        ("- just\n- a list\n", ["mapping"]),
+        ("seed: 1\n", ["name", "required"]),
+    ],
+    ids=["yaml syntax", "not a mapping", "missing name"],
+)
+def test_malformed_file(tmp_path: Path, text: str, words: list[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = run_spotray(["train", str(path)], cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    for word in words:
+        assert word in result.stderr
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    result = run_spotray(["train", "nope.yaml"], cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert "nope.yaml: no such file" in result.stderr
+
+
+def test_shipped_configs_are_valid() -> None:
+    from spotray.config import load_config
+
+    for path in sorted((Path(__file__).resolve().parents[2] / "train" / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.name
+
+
+def test_trajectory_ignores_where_it_runs() -> None:
+    a = parse_config(TEST_CONFIG)
+    b = parse_config(deep_merge(TEST_CONFIG, {"scaling": {"min_workers": 1, "max_workers": 4}}))
+    c = parse_config(deep_merge(TEST_CONFIG, {"optimizer": {"lr": 1e-3}}))
+    assert a.digest() == b.digest()
+    assert a.digest() != c.digest()
+
+
+def test_parse_config_rejects_non_mapping() -> None:
+    with pytest.raises(ConfigError):
+        parse_config([1, 2])
+    assert isinstance(parse_config({"name": "x"}), JobConfig)

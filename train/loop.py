@@ -1,0 +1,339 @@
+"""The per-worker training loop that Ray Train runs on every rank.
+
+One optimizer step per iteration: the rank's slice of the step's global batch in
+micro-batches (DDP syncs on the last one), one all-reduce of a few scalars that carries the
+global loss and the checkpoint votes, then the update. Checkpoints are snapshotted to CPU
+memory on the training thread, written to local staging in the background, and handed to
+`ray.train.report(..., ASYNC)` at the first step where every rank's write is finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.collective
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint, CheckpointConsistencyMode, CheckpointUploadMode
+
+from spotray import checkpoint as ckpt
+from spotray.config import JobConfig, OptimizerSection
+from spotray.errors import CheckpointMismatchError
+from spotray.interval import Observation, policy_for
+from spotray.storage import Location, resolve
+from train.batches import BatchOrder
+from train.data import Tokens, load_tokens
+from train.model import GPT
+
+logger = logging.getLogger("spotray.loop")
+
+
+def load_job_tokens(cfg: JobConfig) -> Tokens:
+    """The job's token stream; Parquet sources are read through spotray's storage layer."""
+    if not cfg.data.is_parquet:
+        return load_tokens(cfg.data.source)
+    loc = resolve(cfg.data.source, cfg.s3)
+    return load_tokens(cfg.data.source, loc.fs, loc.path)
+
+
+def lr_factor(opt: OptimizerSection, step: int) -> float:
+    """LR multiplier after `step` updates: linear warmup, then cosine from lr to min_lr."""
+    if step < opt.warmup_steps:
+        return (step + 1) / (opt.warmup_steps + 1)
+    progress = min(1.0, (step - opt.warmup_steps) / max(1, opt.steps - opt.warmup_steps))
+    floor = opt.min_lr / opt.lr
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, opt: OptimizerSection) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (nanoGPT's grouping)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": opt.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=opt.lr, betas=(opt.beta1, opt.beta2), foreach=True)
+
+
+@dataclass
+class Progress:
+    step: int = 0  # optimizer updates done
+    samples: int = 0  # sequences consumed
+    elapsed_s: float = 0.0  # training wall time over all attempts
+    loss: float = float("nan")
+
+
+def _worker_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def choose_checkpoint(run: Location, rank: int) -> tuple[ckpt.StoredCheckpoint | None, bool]:
+    """Agree on the checkpoint to resume from: the newest complete one in storage.
+
+    Rank 0 decides (Ray's latest registered checkpoint, or a newer complete one that Ray never
+    registered) and removes folders that can never be loaded; every rank gets the answer.
+    Returns the checkpoint and whether Ray has registered it.
+    """
+    choice: tuple[ckpt.StoredCheckpoint | None, bool] = (None, False)
+    if rank == 0:
+        registered = {
+            c.checkpoint.path.rstrip("/")
+            for c in ray.train.get_all_reported_checkpoints(
+                consistency_mode=CheckpointConsistencyMode.COMMITTED, timeout_s=30
+            )
+        }
+        stored = ckpt.scan(run)
+        complete = [c for c in stored if c.complete]
+        newest = complete[-1] if complete else None
+        for c in stored:
+            known = c.location.path.rstrip("/") in registered
+            if known or c is newest or (c.complete and newest and c.step > newest.step):
+                continue
+            why = c.problem or f"older than step {newest.step if newest else '?'} and not registered"
+            logger.warning("removing checkpoint %s: %s", c.location.uri, why)
+            ckpt.delete(c.location)
+        if newest is not None:
+            choice = (newest, newest.location.path.rstrip("/") in registered)
+    return ray.train.collective.broadcast_from_rank_zero(choice)
+
+
+def check_shape(meta: dict[str, Any], model: GPT, where: str) -> None:
+    saved = meta.get("model")
+    if saved != model.cfg.as_dict():
+        raise CheckpointMismatchError(
+            f"checkpoint {where} holds a model of shape {saved}, the config asks for "
+            f"{model.cfg.as_dict()}: use another run name or --fresh"
+        )
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    cfg = JobConfig.model_validate(loop_config["config"])
+    run: Location = loop_config["run"]
+    stop_step: int = loop_config["stop_step"]
+    hub = loop_config.get("hub")
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    nodes = max(1, world // max(1, ctx.get_local_world_size()))
+    device = ray.train.torch.get_device()
+    distributed = dist.is_available() and dist.is_initialized()
+    opt_cfg = cfg.optimizer
+    batch = opt_cfg.global_batch_size
+
+    tokens = load_job_tokens(cfg)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = GPT(cfg.model.gpt_config(tokens.vocab_size)).to(device)
+    optimizer = make_optimizer(model, opt_cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(opt_cfg, s))
+    progress = Progress()
+
+    resume, registered = choose_checkpoint(run, rank)
+    if resume is None:
+        torch.manual_seed(_worker_seed(cfg.seed, 0, rank))
+        np.random.seed(_worker_seed(cfg.seed, 0, rank) % 2**32)
+    else:
+        check_shape(resume.meta or {}, model, resume.location.uri)
+        state = ckpt.load_file(resume.location, ckpt.STATE_FILE, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        progress = Progress(**state["progress"])
+        if state["world_size"] == world:
+            ckpt.set_rng_state(ckpt.load_file(resume.location, ckpt.rng_file(rank)))
+        else:  # other ranks, other streams: reseed from (seed, step, rank)
+            torch.manual_seed(_worker_seed(cfg.seed, progress.step, rank))
+            np.random.seed(_worker_seed(cfg.seed, progress.step, rank) % 2**32)
+        if not registered:
+            # Written whole but never registered by Ray (see spotray.checkpoint): register it
+            # in place so Ray's retention and get_checkpoint() know it from now on.
+            ray.train.report(
+                {"step": progress.step, "loss": progress.loss},
+                checkpoint=Checkpoint(resume.location.path, filesystem=resume.location.fs),
+                checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
+            )
+
+    ddp = ray.train.torch.prepare_model(model)
+    order = BatchOrder(tokens.ids, model.cfg.block_size, batch, cfg.seed)
+    staging = Path(tempfile.gettempdir()) / "spotray-staging" / cfg.name / f"rank{rank}"
+    writer = ckpt.CheckpointWriter(staging, rank)
+    policy = policy_for(cfg.checkpoint.interval, cfg.checkpoint.prior_mtbf_hours)
+    failures, exposure_s = _failures(hub)
+    interval = policy.next_interval(None)
+    next_due = progress.step + interval if cfg.checkpoint.interval == "auto" else None
+    step_s, last_stall, last_commit = 0.0, 0.0, 0.0
+    attempt_start = time.perf_counter()
+    elapsed_base = progress.elapsed_s
+
+    if rank == 0 and hub is not None:
+        hub.push.remote(
+            {
+                "kind": "start",
+                "step": progress.step,
+                "world_size": world,
+                "nodes": nodes,
+                "resumed_from": resume.location.uri if resume else None,
+                "recovered_unregistered": resume is not None and not registered,
+                "pid": os.getpid(),
+            }
+        )
+
+    def commit(pending: ckpt.PendingCheckpoint) -> None:
+        nonlocal last_commit
+        ray.train.report(
+            pending.metrics,
+            checkpoint=Checkpoint.from_directory(str(pending.folder)),
+            checkpoint_dir_name=pending.folder.name,
+            checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+        )
+        last_commit = pending.write_s
+        if rank == 0 and hub is not None:
+            hub.push.remote(
+                {
+                    "kind": "checkpoint",
+                    "step": pending.step,
+                    "path": run.join(pending.folder.name).uri,
+                    "stall_s": pending.stall_s,
+                    "write_s": pending.write_s,
+                }
+            )
+
+    while progress.step < stop_step:
+        t0 = time.perf_counter()
+        step = progress.step + 1
+        ddp.train()
+        micro = order.micro_batches(step, rank, world, opt_cfg.micro_batch_size)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for i, (x, y) in enumerate(micro):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            sync = i == len(micro) - 1 or not hasattr(ddp, "no_sync")
+            with contextlib.nullcontext() if sync else ddp.no_sync():
+                _, loss = ddp(x, y)
+                # Scaled so that DDP's mean over ranks is the mean over the global batch,
+                # whatever the world size and however unevenly the batch divides.
+                (loss * (len(x) * world / batch)).backward()
+            loss_sum += loss.detach().double() * len(x)
+
+        if cfg.checkpoint.interval == "auto":
+            wants = next_due is not None and step >= next_due
+        else:
+            wants = step % int(cfg.checkpoint.interval) == 0
+        vote_due = rank == 0 and (wants or step == stop_step)
+        ready = writer.pending is None or writer.pending.done()
+        stats = torch.stack(
+            [
+                loss_sum,
+                torch.tensor(float(ready), dtype=torch.float64, device=device),
+                torch.tensor(float(vote_due), dtype=torch.float64, device=device),
+            ]
+        )
+        if distributed:
+            dist.all_reduce(stats)
+        loss_value, all_ready, due = stats[0].item() / batch, stats[1].item() == world, stats[2].item() > 0
+
+        if opt_cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(ddp.parameters(), opt_cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        dt = time.perf_counter() - t0
+        step_s = dt if step_s == 0 else 0.9 * step_s + 0.1 * dt
+        progress = Progress(
+            step=step,
+            samples=progress.samples + batch,
+            elapsed_s=elapsed_base + time.perf_counter() - attempt_start,
+            loss=loss_value,
+        )
+
+        if writer.pending is not None and (all_ready or due):
+            commit(writer.wait())
+        if due:
+            last_stall = _start_checkpoint(writer, model, optimizer, scheduler, progress, cfg, world, rank)
+            if next_due is not None:
+                obs = Observation(
+                    step_s=step_s,
+                    stall_s=last_stall,
+                    commit_s=last_commit,
+                    failures=failures,
+                    node_seconds=exposure_s + nodes * (time.perf_counter() - attempt_start),
+                    nodes=nodes,
+                )
+                next_due = step + policy.next_interval(obs)
+
+        if rank == 0 and hub is not None:
+            hub.push.remote(
+                {
+                    "kind": "step",
+                    "step": step,
+                    "loss": loss_value,
+                    "world_size": world,
+                    "tokens_per_s": batch * model.cfg.block_size / dt,
+                    "lr": scheduler.get_last_lr()[0],
+                }
+            )
+
+    if writer.pending is not None:
+        commit(writer.wait())
+
+
+def _failures(hub: Any) -> tuple[int, float]:
+    """Restarts this run has seen and node-seconds it has been exposed, from the driver."""
+    if hub is None:
+        return 0, 0.0
+    return ray.get(hub.failure_record.remote())
+
+
+def _start_checkpoint(
+    writer: ckpt.CheckpointWriter,
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    progress: Progress,
+    cfg: JobConfig,
+    world: int,
+    rank: int,
+) -> float:
+    """Snapshot this rank's state and start writing it; returns the seconds it stalled."""
+    t0 = time.perf_counter()
+    files: dict[str, Any] = {ckpt.rng_file(rank): ckpt.rng_state()}
+    meta = None
+    if rank == 0:  # model and optimizer are replicas under DDP: one copy is enough
+        files[ckpt.STATE_FILE] = {
+            "model": ckpt.to_cpu_copy(model.state_dict()),
+            "optimizer": ckpt.to_cpu_copy(optimizer.state_dict()),
+            "scheduler": scheduler.state_dict(),
+            "progress": progress.__dict__.copy(),
+            "world_size": world,
+            "model_config": model.cfg.as_dict(),
+            "config_digest": cfg.digest(),
+        }
+        meta = {
+            "format": ckpt.FORMAT_VERSION,
+            "run": cfg.name,
+            "step": progress.step,
+            "samples": progress.samples,
+            "world_size": world,
+            "loss": progress.loss,
+            "wall_time_s": round(progress.elapsed_s, 3),
+            "unix_time": time.time(),
+            "model": model.cfg.as_dict(),
+            "config_digest": cfg.digest(),
+            "trajectory": cfg.trajectory(),
+        }
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    stall = time.perf_counter() - t0
+    metrics = {"step": progress.step, "loss": progress.loss, "samples": progress.samples}
+    writer.start(progress.step, files, meta, stall, metrics)
+    return stall
