@@ -49,6 +49,8 @@ def human_errors() -> Iterator[None]:
             err_console.print_exception(show_locals=False)
         err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(err.exit_code) from None
+    except (typer.Exit, typer.Abort):
+        raise
     except KeyboardInterrupt:
         err_console.print(
             "[yellow]interrupted[/]: run the same command again to resume from the last checkpoint"

@@ -51,8 +51,20 @@ def for_cluster(cfg: JobConfig, url: str, console: Console) -> JobConfig:
     return cfg.model_copy(update={"checkpoint": cfg.checkpoint.model_copy(update={"storage_path": storage})})
 
 
+def use_token_auth_if_available() -> None:
+    """Send this machine's Ray token, as `ray job submit` does with RAY_AUTH_MODE=token.
+
+    Ray 2.60 clusters require a token by default, but its job client only sends one when
+    RAY_AUTH_MODE=token is set before Ray is imported. An explicit RAY_AUTH_MODE wins.
+    """
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def submit(cfg: JobConfig, address: str, steps: int | None, fresh: bool, console: Console) -> int:
     """Submit the run as a Ray Job, stream its logs, and return its exit code."""
+    use_token_auth_if_available()
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     url = dashboard_url(address)

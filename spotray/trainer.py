@@ -103,7 +103,7 @@ def start_ray(cfg: JobConfig, attach: bool, log_to_driver: bool = False) -> None
     # Workers do not inherit the driver's sys.path: make a source checkout importable.
     pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
     if attach:
-        ray.init(address="auto", logging_level=logging.WARNING)
+        ray.init(address="auto", log_to_driver=log_to_driver, logging_level=logging.WARNING)
         return
     # "Token authentication is enabled" is news to nobody on a private 127.0.0.1 cluster.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)

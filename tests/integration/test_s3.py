@@ -7,7 +7,6 @@ filesystem from the environment itself (workers included).
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from moto.server import ThreadedMotoServer
 from spotray import checkpoint as ckpt
 from spotray.config import S3Section
 from spotray.storage import resolve
-from tests.conftest import SPOTRAY, run_spotray, spotray_env, write_config
+from tests.conftest import SPOTRAY, free_port, run_spotray, spotray_env, write_config
 from tests.integration.conftest import STEPS, assert_bit_identical, final_state
 from tests.integration.faults import kill_one_worker, wait_for
 from train.data import BUILTIN_PYDOC, BYTE_VOCAB, load_tokens, write_token_shards
@@ -32,12 +31,6 @@ FAKE_AWS = {
     "AWS_REGION": "us-east-1",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -1,0 +1,88 @@
+"""`spotray train --address`: submitted as a Ray Job to a running cluster, logs streamed back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from spotray import checkpoint as ckpt
+from tests.conftest import REPO, free_port, run_spotray, spotray_env, write_config
+from tests.integration.faults import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Ray head started with `ray start --block`, stopped by signalling that process only."""
+    temp = tmp_path_factory.mktemp("ray")
+    dashboard = free_port()
+    env = spotray_env()
+    # The job's `python` is the cluster's: this virtualenv's, as in the node image.
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={free_port()}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--temp-dir={temp}",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{dashboard}"
+    try:
+        import urllib.request
+
+        def dashboard_up() -> bool:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                return True
+            except OSError:
+                return False
+
+        wait_for(dashboard_up, 120, "the Ray dashboard", interval=1)
+        yield url
+    finally:
+        children = psutil.Process(head.pid).children(recursive=True)
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=120)
+        _, alive = psutil.wait_procs(children, timeout=60)
+        for proc in alive:
+            proc.kill()
+        assert not alive, f"processes left behind: {[p.pid for p in alive]}"
+
+
+def test_train_as_a_ray_job_streams_logs_and_checkpoints(ray_head: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    result = run_spotray(["train", str(config), "--address", ray_head, "--steps", "40"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "submitted Ray Job spotray-t-" in result.stdout
+    # Streamed from the job's driver on the cluster:
+    assert "started from scratch on 2 worker(s)" in result.stdout
+    assert "done: t at step 40" in result.stdout
+    run = tmp_path / "runs" / "t"  # the relative storage path was pinned to this machine's view
+    assert (run / ckpt.dir_name(40) / ckpt.META_FILE).is_file()
+
+
+def test_unreachable_cluster_is_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    result = run_spotray(["train", str(config), "--address", f"127.0.0.1:{free_port()}"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: cannot reach the Ray dashboard")
+    assert len(result.stderr.strip().splitlines()) == 1
