@@ -67,18 +67,34 @@ def manifest_file(rank: int) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def to_cpu_copy(tree: Any) -> Any:
-    """A deep copy of `tree` with every tensor copied to CPU memory.
+class SnapshotBuffers:
+    """CPU memory for state snapshots, kept from one checkpoint to the next.
 
-    This copy is all the training thread waits for; writing it happens in the background.
+    Copying into memory already touched is a memcpy; allocating 1 GB anew each time costs
+    page faults that took as long as the copy itself (see BENCHMARKS.md). Pinned on CUDA
+    machines so the device-to-host copy runs at full speed. A buffer is reused only after
+    the write that read it has finished (the writer holds one checkpoint at a time).
     """
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().to("cpu", copy=True)
-    if isinstance(tree, dict):
-        return {k: to_cpu_copy(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(to_cpu_copy(v) for v in tree)
-    return tree
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def copy(self, tree: Any, key: str = "") -> Any:
+        """A copy of `tree` whose tensors live in this object's CPU buffers."""
+        if isinstance(tree, torch.Tensor):
+            buf = self._buffers.get(key)
+            if buf is None or buf.shape != tree.shape or buf.dtype != tree.dtype:
+                buf = torch.empty(
+                    tree.shape, dtype=tree.dtype, device="cpu", pin_memory=torch.cuda.is_available()
+                )
+                self._buffers[key] = buf
+            buf.copy_(tree.detach(), non_blocking=True)
+            return buf
+        if isinstance(tree, dict):
+            return {k: self.copy(v, f"{key}/{k}") for k, v in tree.items()}
+        if isinstance(tree, (list, tuple)):
+            return type(tree)(self.copy(v, f"{key}/{i}") for i, v in enumerate(tree))
+        return tree
 
 
 def rng_state() -> dict[str, Any]:
@@ -128,6 +144,7 @@ class CheckpointWriter:
     staging: Path
     rank: int
     pending: PendingCheckpoint | None = field(default=None, init=False)
+    buffers: SnapshotBuffers = field(default_factory=SnapshotBuffers, init=False)
 
     def __post_init__(self) -> None:
         # A previous worker of this rank on this node may have died mid-write.

@@ -79,6 +79,7 @@ class RunState:
                 if e.get("recovered_unregistered"):
                     where += " (complete in storage, not yet registered by Ray)"
                 verb = "started" if self.starts == 1 else f"restart {self.starts - 1}:"
+                lines.extend(f"removed unusable checkpoint {r}" for r in e.get("removed", []))
                 lines.append(f"{verb} {where} on {e['world_size']} worker(s)")
             elif e["kind"] == "checkpoint":
                 self.last_checkpoint = e

@@ -66,12 +66,3 @@ def resolve(uri: str, s3: S3Section) -> Location:
 def run_location(cfg: JobConfig) -> Location:
     """The run's folder: `<checkpoint.storage_path>/<name>`."""
     return resolve(cfg.checkpoint.storage_path, cfg.s3).join(cfg.name)
-
-
-def storage_location(cfg: JobConfig) -> Location:
-    return resolve(cfg.checkpoint.storage_path, cfg.s3)
-
-
-def read_bytes(loc: Location) -> bytes:
-    with loc.fs.open_input_stream(loc.path) as f:
-        return f.read()

@@ -27,7 +27,7 @@ from spotray.storage import Location, resolve, run_location
 from train.data import BYTE_VOCAB, declared_vocab
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-POLL_S = 0.5  # how often the driver asks the hub for news
+POLL_S = 1.0  # how often the driver asks the hub for news
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ from train.model import GPT
 
 logger = logging.getLogger("spotray.loop")
 
+PUSH_EVERY_S = 0.5  # progress for the driver; more often only costs CPU on small machines
+
 
 def load_job_tokens(cfg: JobConfig) -> Tokens:
     """The job's token stream; Parquet sources are read through spotray's storage layer."""
@@ -78,14 +80,24 @@ def _worker_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
-def choose_checkpoint(run: Location, rank: int) -> tuple[ckpt.StoredCheckpoint | None, bool]:
+@dataclass(frozen=True)
+class Resume:
+    """Where a (re)started worker group resumes from, as rank 0 decided it."""
+
+    checkpoint: ckpt.StoredCheckpoint | None
+    registered: bool  # whether Ray Train already knows this checkpoint
+    removed: tuple[str, ...] = ()  # "uri: why" for folders that could never be loaded
+
+
+def choose_checkpoint(run: Location, rank: int) -> Resume:
     """Agree on the checkpoint to resume from: the newest complete one in storage.
 
     Rank 0 decides (Ray's latest registered checkpoint, or a newer complete one that Ray never
-    registered) and removes folders that can never be loaded; every rank gets the answer.
-    Returns the checkpoint and whether Ray has registered it.
+    registered) and removes what can never be loaded: torn folders, and complete ones that
+    Ray does not know and that are older than the one chosen, which no retention would ever
+    delete. Every rank gets the same answer.
     """
-    choice: tuple[ckpt.StoredCheckpoint | None, bool] = (None, False)
+    resume = Resume(None, False)
     if rank == 0:
         registered = {
             c.checkpoint.path.rstrip("/")
@@ -96,16 +108,55 @@ def choose_checkpoint(run: Location, rank: int) -> tuple[ckpt.StoredCheckpoint |
         stored = ckpt.scan(run)
         complete = [c for c in stored if c.complete]
         newest = complete[-1] if complete else None
+        removed = []
         for c in stored:
-            known = c.location.path.rstrip("/") in registered
-            if known or c is newest or (c.complete and newest and c.step > newest.step):
+            if c is newest or c.location.path.rstrip("/") in registered:
                 continue
-            why = c.problem or f"older than step {newest.step if newest else '?'} and not registered"
+            why = c.problem or f"complete but never registered by Ray, older than step {newest.step}"
             logger.warning("removing checkpoint %s: %s", c.location.uri, why)
             ckpt.delete(c.location)
-        if newest is not None:
-            choice = (newest, newest.location.path.rstrip("/") in registered)
-    return ray.train.collective.broadcast_from_rank_zero(choice)
+            removed.append(f"{c.location.uri}: {why}")
+        known = newest is not None and newest.location.path.rstrip("/") in registered
+        resume = Resume(newest, known, tuple(removed))
+    return ray.train.collective.broadcast_from_rank_zero(resume)
+
+
+def restore(
+    decision: Resume,
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    seed: int,
+    world: int,
+    rank: int,
+    device: torch.device,
+) -> Progress:
+    """Load the chosen checkpoint (or seed a fresh start); returns where training stands."""
+    resume = decision.checkpoint
+    if resume is None:
+        torch.manual_seed(_worker_seed(seed, 0, rank))
+        np.random.seed(_worker_seed(seed, 0, rank) % 2**32)
+        return Progress()
+    check_shape(resume.meta or {}, model, resume.location.uri)
+    state = ckpt.load_file(resume.location, ckpt.STATE_FILE, map_location=device)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    progress = Progress(**state["progress"])
+    if state["world_size"] == world:
+        ckpt.set_rng_state(ckpt.load_file(resume.location, ckpt.rng_file(rank)))
+    else:  # other ranks, other streams: reseed from (seed, step, rank)
+        torch.manual_seed(_worker_seed(seed, progress.step, rank))
+        np.random.seed(_worker_seed(seed, progress.step, rank) % 2**32)
+    if not decision.registered:
+        # Written whole but never registered by Ray (see spotray.checkpoint): register it
+        # in place, so Ray's retention and get_checkpoint() know it from now on.
+        ray.train.report(
+            {"step": progress.step, "loss": progress.loss},
+            checkpoint=Checkpoint(resume.location.path, filesystem=resume.location.fs),
+            checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
+        )
+    return progress
 
 
 def check_shape(meta: dict[str, Any], model: GPT, where: str) -> None:
@@ -136,32 +187,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = GPT(cfg.model.gpt_config(tokens.vocab_size)).to(device)
     optimizer = make_optimizer(model, opt_cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(opt_cfg, s))
-    progress = Progress()
 
-    resume, registered = choose_checkpoint(run, rank)
-    if resume is None:
-        torch.manual_seed(_worker_seed(cfg.seed, 0, rank))
-        np.random.seed(_worker_seed(cfg.seed, 0, rank) % 2**32)
-    else:
-        check_shape(resume.meta or {}, model, resume.location.uri)
-        state = ckpt.load_file(resume.location, ckpt.STATE_FILE, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        progress = Progress(**state["progress"])
-        if state["world_size"] == world:
-            ckpt.set_rng_state(ckpt.load_file(resume.location, ckpt.rng_file(rank)))
-        else:  # other ranks, other streams: reseed from (seed, step, rank)
-            torch.manual_seed(_worker_seed(cfg.seed, progress.step, rank))
-            np.random.seed(_worker_seed(cfg.seed, progress.step, rank) % 2**32)
-        if not registered:
-            # Written whole but never registered by Ray (see spotray.checkpoint): register it
-            # in place so Ray's retention and get_checkpoint() know it from now on.
-            ray.train.report(
-                {"step": progress.step, "loss": progress.loss},
-                checkpoint=Checkpoint(resume.location.path, filesystem=resume.location.fs),
-                checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
-            )
+    decision = choose_checkpoint(run, rank)
+    progress = restore(decision, model, optimizer, scheduler, cfg.seed, world, rank, device)
+    resume = decision.checkpoint
 
     ddp = ray.train.torch.prepare_model(model)
     order = BatchOrder(tokens.ids, model.cfg.block_size, batch, cfg.seed)
@@ -169,9 +198,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     writer = ckpt.CheckpointWriter(staging, rank)
     policy = policy_for(cfg.checkpoint.interval, cfg.checkpoint.prior_mtbf_hours)
     failures, exposure_s = _failures(hub)
-    interval = policy.next_interval(None)
-    next_due = progress.step + interval if cfg.checkpoint.interval == "auto" else None
-    step_s, last_stall, last_commit = 0.0, 0.0, 0.0
+    next_due = progress.step + policy.next_interval(None)
+    step_s, last_stall, last_commit, last_push = 0.0, 0.0, 0.0, 0.0
     attempt_start = time.perf_counter()
     elapsed_base = progress.elapsed_s
 
@@ -183,7 +211,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "world_size": world,
                 "nodes": nodes,
                 "resumed_from": resume.location.uri if resume else None,
-                "recovered_unregistered": resume is not None and not registered,
+                "recovered_unregistered": resume is not None and not decision.registered,
+                "removed": list(decision.removed),
                 "pid": os.getpid(),
             }
         )
@@ -224,11 +253,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 (loss * (len(x) * world / batch)).backward()
             loss_sum += loss.detach().double() * len(x)
 
-        if cfg.checkpoint.interval == "auto":
-            wants = next_due is not None and step >= next_due
-        else:
-            wants = step % int(cfg.checkpoint.interval) == 0
-        vote_due = rank == 0 and (wants or step == stop_step)
+        vote_due = rank == 0 and (step >= next_due or step == stop_step)
         ready = writer.pending is None or writer.pending.done()
         stats = torch.stack(
             [
@@ -260,18 +285,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             commit(writer.wait())
         if due:
             last_stall = _start_checkpoint(writer, model, optimizer, scheduler, progress, cfg, world, rank)
-            if next_due is not None:
-                obs = Observation(
-                    step_s=step_s,
-                    stall_s=last_stall,
-                    commit_s=last_commit,
-                    failures=failures,
-                    node_seconds=exposure_s + nodes * (time.perf_counter() - attempt_start),
-                    nodes=nodes,
-                )
-                next_due = step + policy.next_interval(obs)
+            obs = Observation(
+                step_s=step_s,
+                stall_s=last_stall,
+                commit_s=last_commit,
+                failures=failures,
+                node_seconds=exposure_s + nodes * (time.perf_counter() - attempt_start),
+                nodes=nodes,
+            )
+            next_due = step + policy.next_interval(obs)
 
-        if rank == 0 and hub is not None:
+        if (
+            rank == 0
+            and hub is not None
+            and (time.perf_counter() - last_push >= PUSH_EVERY_S or step == stop_step)
+        ):
+            last_push = time.perf_counter()
             hub.push.remote(
                 {
                     "kind": "step",
@@ -310,8 +339,8 @@ def _start_checkpoint(
     meta = None
     if rank == 0:  # model and optimizer are replicas under DDP: one copy is enough
         files[ckpt.STATE_FILE] = {
-            "model": ckpt.to_cpu_copy(model.state_dict()),
-            "optimizer": ckpt.to_cpu_copy(optimizer.state_dict()),
+            "model": writer.buffers.copy(model.state_dict(), "model"),
+            "optimizer": writer.buffers.copy(optimizer.state_dict(), "optimizer"),
             "scheduler": scheduler.state_dict(),
             "progress": progress.__dict__.copy(),
             "world_size": world,

@@ -1,0 +1,128 @@
+"""How long a checkpoint blocks training: spotray's asynchronous path against a synchronous save.
+
+    python scripts/bench_checkpoint.py                 # ~100M-parameter GPT, 5 rounds
+    python scripts/bench_checkpoint.py --rounds 3 --n-layer 4
+
+One process, CPU, no Ray: the quantity is what the training thread waits for.
+- sync: `torch.save` of model + optimizer + scheduler into a staging folder, then the copy to
+  storage that `ray.train.report(checkpoint_upload_mode=SYNC)` makes (pyarrow copy_files),
+  both on the training thread, as in Ray Train's examples.
+- async: spotray's `train.loop._start_checkpoint` (copy to CPU memory on the training thread,
+  write in a background thread; Ray's ASYNC upload follows in its own thread).
+Each round trains a few steps, checkpoints once each way, and records the stall and the
+step time while the background write runs. Prints medians, and a Markdown row with --markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import torch
+
+from spotray import checkpoint as ckpt
+from spotray.config import parse_config
+from train.batches import BatchOrder
+from train.data import BUILTIN_PYDOC, load_tokens
+from train.loop import Progress, _start_checkpoint, lr_factor, make_optimizer
+from train.model import GPT
+from train.presets import GPTConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--n-layer", type=int, default=14, help="14 x 768 wide: ~100M parameters")
+    parser.add_argument("--markdown", action="store_true", help="print a BENCHMARKS.md table row")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    cfg = parse_config(
+        {"name": "bench", "model": {"preset": "gpt2", "n_layer": args.n_layer, "block_size": 64}}
+    )
+    gpt = GPTConfig(n_layer=args.n_layer, n_head=12, n_embd=768, block_size=64, vocab_size=256)
+    model = GPT(gpt)
+    optimizer = make_optimizer(model, cfg.optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.optimizer, s))
+    order = BatchOrder(load_tokens(BUILTIN_PYDOC).ids, gpt.block_size, global_batch=4, seed=0)
+    params = model.num_params()
+    print(f"model: {params / 1e6:.1f}M parameters, {torch.get_num_threads()} torch threads")
+
+    step = 0
+
+    def train_step() -> float:
+        nonlocal step
+        step += 1
+        t0 = time.perf_counter()
+        for x, y in order.micro_batches(step, 0, 1, 4):
+            _, loss = model(x, y)
+            loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    sync_stalls, async_stalls, plain_steps, busy_steps, sizes = [], [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = Path(tmp) / "storage"
+        fs = pafs.LocalFileSystem()
+        for _ in range(2):  # warm up allocator and caches
+            train_step()
+        for r in range(args.rounds):
+            plain_steps.append(statistics.median(train_step() for _ in range(3)))
+
+            # Synchronous: save, then upload, on the training thread.
+            t0 = time.perf_counter()
+            staged = Path(tmp) / f"sync-{r}"
+            staged.mkdir()
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": ckpt.rng_state(),
+            }
+            torch.save(state, staged / ckpt.STATE_FILE)
+            fs.create_dir(str(storage / f"sync-{r}"))
+            pafs.copy_files(
+                str(staged), str(storage / f"sync-{r}"), source_filesystem=fs, destination_filesystem=fs
+            )
+            sync_stalls.append(time.perf_counter() - t0)
+            sizes.append((staged / ckpt.STATE_FILE).stat().st_size)
+
+            # Asynchronous: spotray's path; the upload would follow in Ray's thread.
+            writer = ckpt.CheckpointWriter(Path(tmp) / f"async-{r}", rank=0)
+            progress = Progress(step=step, samples=step * 4, elapsed_s=0.0, loss=0.0)
+            async_stalls.append(_start_checkpoint(writer, model, optimizer, scheduler, progress, cfg, 1, 0))
+            while writer.pending is not None and not writer.pending.done():
+                busy_steps.append(train_step())
+            writer.wait()
+
+    sync_s, async_s = statistics.median(sync_stalls), statistics.median(async_stalls)
+    plain_s = statistics.median(plain_steps)
+    busy_s = statistics.median(busy_steps) if busy_steps else float("nan")
+    print(f"checkpoint size: {statistics.median(sizes) / 1e9:.2f} GB")
+    print(f"sync stall:  median {sync_s:.3f} s  ({', '.join(f'{s:.3f}' for s in sync_stalls)})")
+    print(f"async stall: median {async_s:.3f} s  ({', '.join(f'{s:.3f}' for s in async_stalls)})")
+    print(f"async / sync: {async_s / sync_s:.1%} (goal <= 10%)")
+    print(f"step time: {plain_s:.3f} s alone, {busy_s:.3f} s while a write runs ({len(busy_steps)} steps)")
+    # The write competes with training for CPU; what a checkpoint costs in all is the stall
+    # plus the steps it slowed down.
+    slowed = sum(b - plain_s for b in busy_steps) / args.rounds
+    print(f"training time lost per checkpoint: sync {sync_s:.2f} s, async {async_s + slowed:.2f} s")
+    if args.markdown:
+        print(
+            f"| {time.strftime('%Y-%m-%d')} | {platform.node()} | {params / 1e6:.0f}M | "
+            f"{sync_s:.2f} s | {async_s:.3f} s | {async_s / sync_s:.1%} | {plain_s:.2f} s / {busy_s:.2f} s | "
+            f"{sync_s:.2f} s / {async_s + slowed:.2f} s |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""The README's config reference names every config key, so the docs cannot fall behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from spotray.config import JobConfig
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    out = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        section = next((a for a in inner if issubclass(a, BaseModel)), None)
+        out += keys(section, f"{prefix}{name}.") if section else [f"{prefix}{name}"]
+    return out
+
+
+def test_every_config_key_is_documented() -> None:
+    missing = [k for k in keys(JobConfig) if f"`{k}`" not in README]
+    assert not missing, f"README's config reference lacks: {missing}"
