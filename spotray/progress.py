@@ -48,6 +48,15 @@ class ProgressHub:
         return len(starts), exposure
 
 
+def start_hub() -> Any:
+    """A hub on this (the driver's) node: a 0-CPU actor could otherwise land on a spot node
+    and go down with it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ProgressHub.options(scheduling_strategy=here).remote()
+
+
 @dataclass
 class RunState:
     """What the driver knows of the run, folded from the hub's events."""
@@ -59,6 +68,7 @@ class RunState:
     world_size: int = 0
     starts: int = 0
     first_step: int | None = None
+    notices: int = 0
     last_checkpoint: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -83,6 +93,16 @@ class RunState:
                 lines.append(f"{verb} {where} on {e['world_size']} worker(s)")
             elif e["kind"] == "checkpoint":
                 self.last_checkpoint = e
+            elif e["kind"] == "notice":
+                left = (e["deadline_ms"] / 1000 - e["time"]) if e.get("deadline_ms") else None
+                when = f", deadline in {left:.0f} s" if left is not None else ""
+                nodes = len(e["nodes"])
+                lines.append(f"preemption notice at step {e['step']} ({nodes} node(s){when}): checkpoint now")
+                self.notices += 1
+            elif e["kind"] == "hold":
+                lines.append(
+                    f"checkpointed step {e['step']} ahead of the deadline; holding until the node is gone"
+                )
         if latest is not None:
             self.step, self.loss = latest["step"], latest["loss"]
             self.tokens_per_s, self.world_size = latest["tokens_per_s"], latest["world_size"]

@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,20 @@ from rich.console import Console
 from spotray import checkpoint as ckpt
 from spotray.config import JobConfig
 from spotray.errors import CheckpointMismatchError, SpotrayError
-from spotray.progress import ProgressHub, ProgressView, RunState
+from spotray.progress import ProgressView, RunState, start_hub
 from spotray.storage import Location, resolve, run_location
 from train.data import BYTE_VOCAB, declared_vocab
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 1.0  # how often the driver asks the hub for news
+
+# Ray Train settings spotray chooses (Ray propagates them from the driver to its controller);
+# a value already in the environment wins.
+RAY_TRAIN_SETTINGS = {
+    # Ray Train's own drain watcher polls every 5 s by default; a spot notice leaves 120 s,
+    # and every second of it is useful training or checkpointing.
+    "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
+}
 
 
 @dataclass(frozen=True)
@@ -122,7 +131,9 @@ def start_ray(cfg: JobConfig, attach: bool, log_to_driver: bool = False) -> None
     )
 
 
-def build_trainer(cfg: JobConfig, run: Location, stop_step: int, hub: Any) -> Any:
+def build_trainer(
+    cfg: JobConfig, run: Location, stop_step: int, hub: Any, progress_every_s: float = 0.5
+) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -141,6 +152,7 @@ def build_trainer(cfg: JobConfig, run: Location, stop_step: int, hub: Any) -> An
             "run": run,
             "stop_step": stop_step,
             "hub": hub,
+            "progress_every_s": progress_every_s,
         },
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=s.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
@@ -167,6 +179,9 @@ def _failure_message(err: Exception) -> str:
     return text[-1] if text else type(err).__name__
 
 
+Observer = Callable[[dict[str, Any] | None, list[dict[str, Any]]], None]
+
+
 def train(
     cfg: JobConfig,
     stop_step: int | None,
@@ -174,11 +189,16 @@ def train(
     console: Console,
     attach: bool = False,
     log_to_driver: bool = False,
+    hub: Any = None,
+    observer: Observer | None = None,
+    progress_every_s: float = 0.5,
 ) -> RunSummary:
     """Run the job to `stop_step` (default: the config's steps), resuming from storage.
 
     `attach` joins the cluster this process runs in (a Ray Job); otherwise a private Ray
-    starts here. Ray's own worker logs are shown only with `log_to_driver`.
+    starts here. Ray's own worker logs are shown only with `log_to_driver`. `hub` and
+    `observer` let a caller (`spotray chaos`) follow the run's events as they come, and
+    `progress_every_s` is how often rank 0 reports its step (0: every step).
     """
     stop = stop_step or cfg.optimizer.steps
     run, existing = preflight(cfg, fresh, console)
@@ -189,7 +209,9 @@ def train(
 
     console.print(f"[bold]{cfg.name}[/]: training to step {stop}, checkpoints in {run.uri}")
     start_ray(cfg, attach, log_to_driver)
-    hub = ProgressHub.remote()
+    for key, value in RAY_TRAIN_SETTINGS.items():
+        os.environ.setdefault(key, value)
+    hub = hub or start_hub()
     state = RunState(total=stop)
     t0 = time.perf_counter()
     done = threading.Event()
@@ -202,14 +224,18 @@ def train(
                 latest, events = ray.get(hub.poll.remote(seen))
                 seen += len(events)
                 view.update(latest, events)
+                if observer is not None:
+                    observer(latest, events)
                 done.wait(POLL_S)
             latest, events = ray.get(hub.poll.remote(seen))
             view.update(latest, events)
+            if observer is not None:
+                observer(latest, events)
 
         poller = threading.Thread(target=poll, name="spotray-progress", daemon=True)
         poller.start()
         try:
-            build_trainer(cfg, run, stop, hub).fit()
+            build_trainer(cfg, run, stop, hub, progress_every_s).fit()
         except ray.train.TrainingFailedError as err:
             raise SpotrayError(f"training failed: {_failure_message(err)}") from err
         finally:

@@ -10,6 +10,7 @@ memory on the training thread, written to local staging in the background, and h
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -28,6 +29,7 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConsistencyMode, CheckpointUploadMode
 
 from spotray import checkpoint as ckpt
+from spotray import preemption
 from spotray.config import JobConfig, OptimizerSection
 from spotray.errors import CheckpointMismatchError
 from spotray.interval import Observation, policy_for
@@ -37,8 +39,6 @@ from train.data import Tokens, load_tokens
 from train.model import GPT
 
 logger = logging.getLogger("spotray.loop")
-
-PUSH_EVERY_S = 0.5  # progress for the driver; more often only costs CPU on small machines
 
 
 def load_job_tokens(cfg: JobConfig) -> Tokens:
@@ -173,6 +173,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     run: Location = loop_config["run"]
     stop_step: int = loop_config["stop_step"]
     hub = loop_config.get("hub")
+    progress_every_s: float = loop_config.get("progress_every_s", 0.5)
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -199,7 +200,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     policy = policy_for(cfg.checkpoint.interval, cfg.checkpoint.prior_mtbf_hours)
     failures, exposure_s = _failures(hub)
     next_due = progress.step + policy.next_interval(None)
-    step_s, last_stall, last_commit, last_push = 0.0, 0.0, 0.0, 0.0
+    step_s, last_stall, last_commit, last_push, last_poll = 0.0, 0.0, 0.0, 0.0, 0.0
+    plan = preemption.PreemptionPlan()
+    request_seen = time.time()  # requests from before this start are covered by the restore
     attempt_start = time.perf_counter()
     elapsed_base = progress.elapsed_s
 
@@ -253,18 +256,48 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 (loss * (len(x) * world / batch)).backward()
             loss_sum += loss.detach().double() * len(x)
 
-        vote_due = rank == 0 and (step >= next_due or step == stop_step)
-        ready = writer.pending is None or writer.pending.done()
-        stats = torch.stack(
-            [
-                loss_sum,
-                torch.tensor(float(ready), dtype=torch.float64, device=device),
-                torch.tensor(float(vote_due), dtype=torch.float64, device=device),
-            ]
+        # One all-reduce carries the loss and every decision that must be unanimous; rank 0
+        # votes on timing so that all ranks act at the same step.
+        now = time.time()
+        vote_poll = rank == 0 and now - last_poll >= preemption.POLL_S
+        requested = vote_poll and (_checkpoint_request_time() or 0.0) > request_seen
+        if requested:  # a rebalance hint: checkpoint early, the node may go
+            request_seen = now
+        vote_due = rank == 0 and (step >= next_due or step == stop_step or requested)
+        vote_final = rank == 0 and plan.wants_final(now * 1000, step_s, last_commit)
+        if vote_poll:
+            last_poll = now
+        stats = torch.tensor(
+            [0.0, float(writer.pending is None or writer.pending.done()), vote_due, vote_poll, vote_final],
+            dtype=torch.float64,
+            device=device,
         )
+        stats[0] = loss_sum
         if distributed:
             dist.all_reduce(stats)
-        loss_value, all_ready, due = stats[0].item() / batch, stats[1].item() == world, stats[2].item() > 0
+        loss_value = stats[0].item() / batch
+        all_ready, due, poll, final = (
+            stats[1].item() == world,
+            stats[2].item() > 0,
+            stats[3].item() > 0,
+            stats[4].item() > 0,
+        )
+        urgent = final
+        if poll:
+            info = ray.train.get_preemption_info()  # a collective: every rank asks at this step
+            if plan.notice(info):
+                urgent = True
+                if rank == 0 and hub is not None:
+                    hub.push.remote(
+                        {
+                            "kind": "notice",
+                            "step": step,
+                            "deadline_ms": plan.deadline_ms,
+                            "nodes": sorted(info.preempted_node_to_ranks),
+                        }
+                    )
+        if final:
+            plan.final_saved = True
 
         if opt_cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(ddp.parameters(), opt_cfg.grad_clip)
@@ -281,10 +314,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             loss=loss_value,
         )
 
-        if writer.pending is not None and (all_ready or due):
+        if writer.pending is not None and (all_ready or due or urgent):
             commit(writer.wait())
-        if due:
+        if due or urgent:
             last_stall = _start_checkpoint(writer, model, optimizer, scheduler, progress, cfg, world, rank)
+            if urgent:  # a node is going: write and hand it over now, not at a later step
+                commit(writer.wait())
             obs = Observation(
                 step_s=step_s,
                 stall_s=last_stall,
@@ -298,7 +333,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if (
             rank == 0
             and hub is not None
-            and (time.perf_counter() - last_push >= PUSH_EVERY_S or step == stop_step)
+            and (time.perf_counter() - last_push >= progress_every_s or step == stop_step)
         ):
             last_push = time.perf_counter()
             hub.push.remote(
@@ -311,9 +346,38 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     "lr": scheduler.get_last_lr()[0],
                 }
             )
+        hold_until = plan.holding_until_ms()
+        if hold_until is not None:
+            _hold(hold_until, rank, hub, step)
 
     if writer.pending is not None:
         commit(writer.wait())
+
+
+def _checkpoint_request_time() -> float | None:
+    """When `spotray watch` last asked for a checkpoint (a rebalance hint), if it did."""
+    from ray.experimental import internal_kv
+
+    from spotray.watch import CHECKPOINT_REQUEST_KEY, KV_NAMESPACE
+
+    body = internal_kv._internal_kv_get(CHECKPOINT_REQUEST_KEY, namespace=KV_NAMESPACE)
+    return json.loads(body)["time"] if body is not None else None
+
+
+def _hold(until_ms: float, rank: int, hub: Any, step: int) -> None:
+    """Take no further step: the node is about to go and the last checkpoint is written.
+
+    Ray Train ends the worker group when the node goes or the deadline passes; if neither
+    happens by `until_ms` the node stayed after all, and training goes on.
+    """
+    if rank == 0 and hub is not None:
+        hub.push.remote({"kind": "hold", "step": step})
+    logger.warning("holding at step %d until the preempted node is gone", step)
+    while time.time() * 1000 < until_ms:
+        time.sleep(0.2)
+    logger.warning(
+        "the preempted node is still here %.0f s past its deadline: training on", preemption.HOLD_GRACE_S
+    )
 
 
 def _failures(hub: Any) -> tuple[int, float]:

@@ -1,0 +1,345 @@
+"""`spotray chaos`: spot preemptions on a local multi-node Ray cluster, and what each cost.
+
+One machine plays a spot pool: `ray.cluster_utils.Cluster` starts a head and N worker
+nodes (real raylets), each node gets its own loopback IMDS (`FakeIMDS`) and its own
+`spotray watch` loop, and the job's workers may only run on those nodes (a `spot_node`
+resource). A seeded schedule then takes nodes away during training:
+
+- announced: serve a spot notice on the node's IMDS, wait the lead time, kill the node
+  (what AWS does, with the two minutes scaled down);
+- unannounced: kill the node (what a hardware fault or a missed notice does).
+
+After each kill a replacement node joins (as the autoscaler would bring one), unless
+`replace` is off. Each event is reported: the step when the loop saw the notice, the last
+checkpoint before the kill, the step training had reached, the step it resumed from, the
+steps lost, and the seconds from the kill to the first resumed step.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from spotray.imds import IMDSClient
+from spotray.imds_server import FakeIMDS
+from spotray.watch import NoticePolicy, RayNode, Watcher
+
+SPOT_RESOURCE = "spot_node"
+WATCH_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class ChaosEvent:
+    """Take `nodes` nodes away once training reaches `at_step`."""
+
+    at_step: int
+    announced: bool
+    nodes: int = 1
+    lead_s: float = 10.0  # announced: notice to kill
+
+
+def make_schedule(
+    seed: int,
+    total_steps: int,
+    events: int,
+    announced_fraction: float = 2 / 3,
+    lead_s: float = 10.0,
+) -> list[ChaosEvent]:
+    """`events` preemptions at seeded steps spread over the middle of the run."""
+    rng = random.Random(seed)
+    lo, hi = int(total_steps * 0.15), int(total_steps * 0.85)
+    span = max(1, (hi - lo) // max(1, events))
+    steps = [lo + i * span + rng.randrange(max(1, span // 2)) for i in range(events)]
+    return [ChaosEvent(s, rng.random() < announced_fraction, 1, lead_s) for s in steps]
+
+
+def parse_event(text: str, lead_s: float) -> ChaosEvent:
+    """`STEP[:announced|unannounced[:NODES]]`, as `spotray chaos --event` takes it."""
+    from spotray.errors import ConfigError
+
+    parts = text.split(":")
+    try:
+        step = int(parts[0])
+        kind = parts[1] if len(parts) > 1 else "announced"
+        nodes = int(parts[2]) if len(parts) > 2 else 1
+        if kind not in ("announced", "unannounced") or step < 1 or nodes < 1 or len(parts) > 3:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"--event {text!r}: expected STEP[:announced|unannounced[:NODES]]") from None
+    return ChaosEvent(step, kind == "announced", nodes, lead_s)
+
+
+@dataclass
+class SpotNode:
+    """One simulated spot instance: a raylet, its metadata service and its watcher."""
+
+    node: Any  # ray._private.node.Node
+    imds: FakeIMDS
+    stop: threading.Event
+    thread: threading.Thread
+
+    @property
+    def node_id(self) -> str:
+        return self.node.node_id
+
+
+class LocalSpotCluster:
+    """A head (no spot resource) and spot nodes that can be preempted, on one machine."""
+
+    def __init__(self, nodes: int, cpus_per_node: float = 1.0) -> None:
+        from ray.cluster_utils import Cluster
+
+        self.cpus_per_node = cpus_per_node
+        # The head hosts the driver-side actors (controller, hub); the dashboard serves the
+        # State API that tells which node each worker is on.
+        self.cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "include_dashboard": True, "log_to_stderr": False},
+        )
+        self.nodes: list[SpotNode] = []
+        for _ in range(nodes):
+            self.add_node()
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def add_node(self) -> SpotNode:
+        node = self.cluster.add_node(
+            num_cpus=self.cpus_per_node, resources={SPOT_RESOURCE: 1}, log_to_stderr=False
+        )
+        imds = FakeIMDS(instance_id=f"i-{node.node_id[:17]}").start()
+        watcher = Watcher(
+            IMDSClient(imds.url),
+            RayNode(self.cluster.gcs_address, node.node_id),
+            NoticePolicy(),
+            interval_s=WATCH_INTERVAL_S,
+        )
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=watcher.run, args=(stop,), name=f"watch-{node.node_id[:8]}", daemon=True
+        )
+        thread.start()
+        spot = SpotNode(node, imds, stop, thread)
+        self.nodes.append(spot)
+        return spot
+
+    def kill(self, spot: SpotNode) -> None:
+        """The instance is gone: no goodbye, no drain beyond what the watcher did."""
+        spot.stop.set()
+        self.cluster.remove_node(spot.node, allow_graceful=False)
+        spot.imds.stop()
+        self.nodes.remove(spot)
+
+    def nodes_with_workers(self) -> list[SpotNode]:
+        from ray.util.state import list_actors
+
+        busy = {
+            a.node_id
+            for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        }
+        return [n for n in self.nodes if n.node_id in busy]
+
+    def shutdown(self) -> None:
+        for spot in self.nodes:
+            spot.stop.set()
+            spot.imds.stop()
+        self.cluster.shutdown()
+
+
+@dataclass
+class EventReport:
+    event: ChaosEvent
+    nodes: list[str] = field(default_factory=list)
+    step_at_notice: int | None = None  # when the training loop saw the notice
+    checkpoint_before_kill: int | None = None  # newest checkpoint handed to Ray before the kill
+    step_at_kill: int | None = None  # the furthest step trained before the kill
+    resumed_step: int | None = None
+    kill_to_resume_s: float | None = None  # kill to the first step after it
+
+    @property
+    def steps_lost(self) -> int | None:
+        if self.step_at_kill is None or self.resumed_step is None:
+            return None
+        return max(0, self.step_at_kill - self.resumed_step)
+
+
+class Timeline:
+    """Everything the hub said, with its own timestamps, for the reports."""
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+        self.events: list[dict[str, Any]] = []
+        self.steps: list[tuple[float, int]] = []  # (time, step) of every step event seen
+        self.alive: Any = lambda: True  # whether the run is still going
+
+    def refresh(self) -> None:
+        latest, events = ray.get(self.hub.poll.remote(len(self.events)))
+        self.events.extend(events)
+        if latest is not None and (not self.steps or self.steps[-1] != (latest["time"], latest["step"])):
+            self.steps.append((latest["time"], latest["step"]))
+
+    def step(self) -> int:
+        return self.steps[-1][1] if self.steps else 0
+
+    def last(self, kind: str, before: float = float("inf"), after: float = 0.0) -> dict[str, Any] | None:
+        found = [e for e in self.events if e["kind"] == kind and after <= e["time"] < before]
+        return found[-1] if found else None
+
+    def wait(self, predicate: Any, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"chaos: timed out waiting for {what}")
+            if not self.alive():
+                raise RuntimeError(f"chaos: training ended while waiting for {what}")
+            time.sleep(0.05)
+            self.refresh()
+
+
+def run_schedule(
+    cluster: LocalSpotCluster,
+    timeline: Timeline,
+    schedule: list[ChaosEvent],
+    seed: int,
+    replace: bool,
+    timeout_s: float = 600.0,
+    alive: Any = lambda: True,
+) -> list[EventReport]:
+    """Carry out `schedule` against a running job; returns one report per event."""
+    rng = random.Random(seed + 1)
+    reports = []
+    timeline.alive = alive
+    for event in schedule:
+        report = EventReport(event)
+        timeline.wait(lambda e=event: timeline.step() >= e.at_step, timeout_s, f"step {event.at_step}")
+        busy = cluster.nodes_with_workers()
+        victims = rng.sample(busy, min(event.nodes, len(busy)))
+        report.nodes = [v.node_id for v in victims]
+        served = time.time()
+        if event.announced:
+            for victim in victims:
+                victim.imds.serve_notice(lead_s=event.lead_s)
+            deadline = served + event.lead_s
+            timeline.wait(lambda d=deadline: time.time() >= d, event.lead_s + 5, "the notice's deadline")
+        timeline.refresh()
+        kill_time = time.time()
+        report.step_at_kill = timeline.step()
+        notice = timeline.last("notice", before=kill_time, after=served)
+        report.step_at_notice = notice["step"] if notice else None
+        ckpt = timeline.last("checkpoint", before=kill_time)
+        report.checkpoint_before_kill = ckpt["step"] if ckpt else None
+        for victim in victims:
+            cluster.kill(victim)
+        if replace:
+            for _ in victims:
+                cluster.add_node()
+        timeline.wait(lambda t=kill_time: timeline.last("start", after=t) is not None, timeout_s, "a restart")
+        start = timeline.last("start", after=kill_time)
+        report.resumed_step = start["step"]
+        timeline.wait(
+            lambda s=start: any(t >= s["time"] and step > s["step"] for t, step in timeline.steps),
+            timeout_s,
+            "the first resumed step",
+        )
+        first = next(t for t, step in timeline.steps if t >= start["time"] and step > start["step"])
+        report.kill_to_resume_s = first - kill_time
+        reports.append(report)
+    return reports
+
+
+def chaos_config(cfg: Any) -> Any:
+    """The job, pinned to the spot nodes: one `spot_node` per worker, one worker per node."""
+    scaling = cfg.scaling.model_copy(
+        update={"resources_per_worker": {**cfg.scaling.resources_per_worker, SPOT_RESOURCE: 1}}
+    )
+    return cfg.model_copy(update={"scaling": scaling})
+
+
+def run_chaos(
+    cfg: Any,
+    nodes: int,
+    schedule: list[ChaosEvent],
+    seed: int,
+    replace: bool,
+    report_path: Any,
+    console: Any,
+) -> list[EventReport]:
+    """Start the local spot cluster, train under the schedule, print the report."""
+    import json
+    import logging
+    from dataclasses import asdict
+
+    from spotray.errors import SpotrayError
+    from spotray.progress import start_hub
+    from spotray.trainer import train
+
+    cfg = chaos_config(cfg)
+    console.print(
+        f"chaos: {nodes} spot nodes, {len(schedule)} preemption(s): "
+        + ", ".join(f"step {e.at_step} {'announced' if e.announced else 'unannounced'}" for e in schedule)
+    )
+    cluster = LocalSpotCluster(nodes, cpus_per_node=cfg.scaling.cpus_per_worker)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
+        hub = start_hub()
+        timeline = Timeline(hub)
+        outcome: dict[str, Any] = {}
+
+        def run_training() -> None:
+            try:
+                outcome["summary"] = train(
+                    cfg, None, True, console, attach=True, hub=hub, progress_every_s=0.0
+                )
+            except Exception as err:  # reported below
+                outcome["error"] = err
+
+        # Nodes come and go from the main thread (Ray's node start-up installs signal
+        # handlers); training runs beside it.
+        trainer = threading.Thread(target=run_training, name="chaos-train", daemon=True)
+        trainer.start()
+        try:
+            reports = run_schedule(cluster, timeline, schedule, seed, replace, alive=trainer.is_alive)
+        except (TimeoutError, RuntimeError) as err:
+            trainer.join(timeout=5)
+            if "error" in outcome:  # training failed first: that is the story
+                raise outcome["error"] from None
+            raise SpotrayError(str(err)) from None
+        trainer.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        summary = outcome["summary"]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+    if report_path is not None:
+        body = {
+            "final_step": summary.steps,
+            "final_loss": summary.final_loss,
+            "restarts": summary.restarts,
+            "wall_s": summary.wall_s,
+            "checkpoint": summary.checkpoint_uri,
+            "events": [dict(asdict(r), steps_lost=r.steps_lost) for r in reports],
+        }
+        Path(report_path).write_text(json.dumps(body, indent=2))
+    console.print(
+        f"\nchaos done: step {summary.steps}, final loss {summary.final_loss:.4f}, "
+        f"{summary.restarts} restart(s), {summary.wall_s:.0f} s"
+    )
+    console.print(
+        f"{'event':<22}{'notice@':>8}{'ckpt':>6}{'kill@':>7}{'resumed':>9}{'lost':>6}{'kill->step':>12}"
+    )
+    for r in reports:
+        kind = f"step {r.event.at_step} {'announced' if r.event.announced else 'unannounced'}"
+        cells = [r.step_at_notice, r.checkpoint_before_kill, r.step_at_kill, r.resumed_step, r.steps_lost]
+        text = [str(c) if c is not None else "-" for c in cells]
+        took = f"{r.kill_to_resume_s:.1f} s" if r.kill_to_resume_s is not None else "-"
+        console.print(f"{kind:<22}{text[0]:>8}{text[1]:>6}{text[2]:>7}{text[3]:>9}{text[4]:>6}{took:>12}")
+    return reports

@@ -1,0 +1,60 @@
+"""What the training loop does about an announced preemption: a small policy, no Ray calls.
+
+Once `ray.train.get_preemption_info()` names a draining node (the watcher drained it on
+AWS's two-minute notice), the loop:
+
+1. checkpoints at once, so the work done before the notice is safe even if the node goes
+   early;
+2. keeps training, since the notice leaves up to two minutes of useful work;
+3. checkpoints once more `guard_s` before the deadline and then holds, taking no further
+   step, until Ray Train ends the worker group. Steps taken after that last checkpoint
+   would be lost with the node; holding loses none, and costs at most `guard_s` of time.
+
+The guard covers what must happen before the deadline: noticing the time (one poll), the
+step under way, and writing the checkpoint, with a factor of two for noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+POLL_S = 1.0  # how often the loop asks Ray Train about drains; Ray's own watcher polls below it
+MIN_GUARD_S = 3.0  # never cut it finer than this
+HOLD_GRACE_S = 30.0  # still alive this long past the deadline: the node stayed, train on
+
+
+@dataclass
+class PreemptionPlan:
+    """Tracks one preemption notice through the steps above."""
+
+    deadline_ms: int | None = None  # from PreemptionInfo; None: no notice (or no deadline)
+    noticed: bool = False
+    final_saved: bool = False
+
+    def notice(self, info: Any) -> bool:
+        """Take in a `PreemptionInfo` (or None); True when it is news: checkpoint now."""
+        if info is None:
+            return False
+        deadline = getattr(info, "deadline_ms", None) or None
+        news = not self.noticed or deadline != self.deadline_ms
+        self.noticed, self.deadline_ms = True, deadline
+        if news:
+            self.final_saved = False
+        return news
+
+    @staticmethod
+    def guard_s(step_s: float, write_s: float) -> float:
+        return max(MIN_GUARD_S, 2.0 * (POLL_S + step_s + write_s))
+
+    def wants_final(self, now_ms: float, step_s: float, write_s: float) -> bool:
+        """True once, when the last checkpoint before the deadline is due."""
+        if not self.noticed or self.final_saved or not self.deadline_ms:
+            return False
+        return now_ms >= self.deadline_ms - self.guard_s(step_s, write_s) * 1000
+
+    def holding_until_ms(self) -> float | None:
+        """After the last checkpoint: hold until this time (then train on), else None."""
+        if not self.final_saved or not self.deadline_ms:
+            return None
+        return self.deadline_ms + HOLD_GRACE_S * 1000

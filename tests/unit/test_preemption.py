@@ -1,0 +1,47 @@
+"""The loop's preemption plan, stepped through a notice."""
+
+from __future__ import annotations
+
+from ray.train import PreemptionInfo
+
+from spotray.preemption import HOLD_GRACE_S, MIN_GUARD_S, PreemptionPlan
+
+DEADLINE = 1_000_000_000  # ms
+
+
+def info(deadline_ms: int | None = DEADLINE) -> PreemptionInfo:
+    return PreemptionInfo(deadline_ms=deadline_ms, preempted_node_to_ranks={"n1": [1]})
+
+
+def test_notice_checkpoints_once_then_final_checkpoint_then_hold() -> None:
+    plan = PreemptionPlan()
+    assert not plan.notice(None)
+    assert plan.notice(info())  # news: checkpoint now
+    assert not plan.notice(info())  # the same notice at the next poll
+    guard_ms = PreemptionPlan.guard_s(step_s=0.5, write_s=0.2) * 1000
+    assert not plan.wants_final(DEADLINE - guard_ms - 1, 0.5, 0.2)  # still time to train
+    assert plan.wants_final(DEADLINE - guard_ms, 0.5, 0.2)
+    assert plan.holding_until_ms() is None
+    plan.final_saved = True
+    assert not plan.wants_final(DEADLINE, 0.5, 0.2)  # once
+    assert plan.holding_until_ms() == DEADLINE + HOLD_GRACE_S * 1000
+
+
+def test_guard_grows_with_step_and_write_time() -> None:
+    assert PreemptionPlan.guard_s(0.0, 0.0) == MIN_GUARD_S
+    assert PreemptionPlan.guard_s(5.0, 10.0) == 2 * (1.0 + 5.0 + 10.0)
+
+
+def test_no_deadline_means_no_final_checkpoint_and_no_hold() -> None:
+    plan = PreemptionPlan()
+    assert plan.notice(info(None))
+    assert not plan.wants_final(10**15, 0.1, 0.1)
+    assert plan.holding_until_ms() is None
+
+
+def test_a_second_notice_with_another_deadline_is_news() -> None:
+    plan = PreemptionPlan()
+    plan.notice(info(DEADLINE))
+    plan.final_saved = True
+    assert plan.notice(info(DEADLINE + 5000))  # another node, later deadline (merged info)
+    assert not plan.final_saved

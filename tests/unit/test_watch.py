@@ -1,0 +1,49 @@
+"""The notice policy, stepped with scripted metadata answers."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from spotray.imds import RebalanceHint, SpotNotice
+from spotray.watch import Drain, NoticePolicy, RebalanceAction, RequestCheckpoint
+
+T = datetime(2026, 11, 26, 18, 22, tzinfo=timezone.utc)
+
+
+def test_a_notice_drains_once_with_its_time_as_deadline() -> None:
+    policy = NoticePolicy()
+    notice = SpotNotice("terminate", T)
+    [action] = policy.decide(notice, None)
+    assert action.kind == "spot-interruption"
+    assert action.decision == Drain(int(T.timestamp() * 1000), f"spot terminate at {T.isoformat()}")
+    policy.handled(action)
+    assert policy.decide(notice, None) == []  # the same notice again: nothing new
+
+
+def test_an_action_not_carried_out_is_decided_again() -> None:
+    policy = NoticePolicy()
+    notice = SpotNotice("terminate", T)
+    assert policy.decide(notice, None)
+    assert policy.decide(notice, None)  # never marked handled (say, the GCS was down)
+
+
+def test_a_new_notice_time_is_a_new_notice() -> None:
+    policy = NoticePolicy()
+    for action in policy.decide(SpotNotice("stop", T), None):
+        policy.handled(action)
+    [again] = policy.decide(SpotNotice("stop", T + timedelta(minutes=5)), None)
+    assert isinstance(again.decision, Drain)
+
+
+def test_nothing_announced_decides_nothing() -> None:
+    assert NoticePolicy().decide(None, None) == []
+
+
+def test_rebalance_hint_by_setting() -> None:
+    hint = RebalanceHint(T)
+    [a] = NoticePolicy().decide(None, hint)
+    assert isinstance(a.decision, RequestCheckpoint)  # the default: checkpoint, keep the node
+    [b] = NoticePolicy(RebalanceAction.DRAIN).decide(None, hint)
+    assert b.decision == Drain(0, b.decision.reason)  # drain, no deadline
+    [c] = NoticePolicy(RebalanceAction.IGNORE).decide(None, hint)
+    assert c.decision is None
