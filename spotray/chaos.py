@@ -26,8 +26,10 @@ from typing import Any
 
 import ray
 
+from spotray import checkpoint
 from spotray.imds import IMDSClient
 from spotray.imds_server import FakeIMDS
+from spotray.recovery import FAST_HEALTH_CHECK
 from spotray.watch import NoticePolicy, RayNode, Watcher
 
 SPOT_RESOURCE = "spot_node"
@@ -92,15 +94,21 @@ class SpotNode:
 class LocalSpotCluster:
     """A head (no spot resource) and spot nodes that can be preempted, on one machine."""
 
-    def __init__(self, nodes: int, cpus_per_node: float = 1.0) -> None:
+    def __init__(self, nodes: int, cpus_per_node: float = 1.0, ray_alone: bool = False) -> None:
         from ray.cluster_utils import Cluster
 
         self.cpus_per_node = cpus_per_node
+        self.watch = not ray_alone  # Ray alone: notices are served, nobody acts on them
         # The head hosts the driver-side actors (controller, hub); the dashboard serves the
         # State API that tells which node each worker is on.
         self.cluster = Cluster(
             initialize_head=True,
-            head_node_args={"num_cpus": 1, "include_dashboard": True, "log_to_stderr": False},
+            head_node_args={
+                "num_cpus": 1,
+                "include_dashboard": True,
+                "log_to_stderr": False,
+                "_system_config": {} if ray_alone else FAST_HEALTH_CHECK,
+            },
         )
         self.nodes: list[SpotNode] = []
         for _ in range(nodes):
@@ -162,6 +170,7 @@ class EventReport:
     step_at_kill: int | None = None  # the furthest step trained before the kill
     resumed_step: int | None = None
     kill_to_resume_s: float | None = None  # kill to the first step after it
+    notice_to_checkpoint_s: float | None = None  # notice served to a checkpoint handed to Ray
 
     @property
     def steps_lost(self) -> int | None:
@@ -209,6 +218,7 @@ def run_schedule(
     schedule: list[ChaosEvent],
     seed: int,
     replace: bool,
+    run: Any,
     timeout_s: float = 600.0,
     alive: Any = lambda: True,
 ) -> list[EventReport]:
@@ -233,8 +243,13 @@ def run_schedule(
         report.step_at_kill = timeline.step()
         notice = timeline.last("notice", before=kill_time, after=served)
         report.step_at_notice = notice["step"] if notice else None
-        ckpt = timeline.last("checkpoint", before=kill_time)
-        report.checkpoint_before_kill = ckpt["step"] if ckpt else None
+        newest = checkpoint.latest(run)  # what storage holds at the moment of the kill
+        report.checkpoint_before_kill = newest.step if newest else None
+        if event.announced:
+            saved = [
+                e for e in timeline.events if e["kind"] == "checkpoint" and served <= e["time"] < kill_time
+            ]
+            report.notice_to_checkpoint_s = saved[0]["time"] - served if saved else None
         for victim in victims:
             cluster.kill(victim)
         if replace:
@@ -270,6 +285,7 @@ def run_chaos(
     replace: bool,
     report_path: Any,
     console: Any,
+    ray_alone: bool = False,
 ) -> list[EventReport]:
     """Start the local spot cluster, train under the schedule, print the report."""
     import json
@@ -278,6 +294,7 @@ def run_chaos(
 
     from spotray.errors import SpotrayError
     from spotray.progress import start_hub
+    from spotray.storage import run_location
     from spotray.trainer import train
 
     cfg = chaos_config(cfg)
@@ -285,7 +302,7 @@ def run_chaos(
         f"chaos: {nodes} spot nodes, {len(schedule)} preemption(s): "
         + ", ".join(f"step {e.at_step} {'announced' if e.announced else 'unannounced'}" for e in schedule)
     )
-    cluster = LocalSpotCluster(nodes, cpus_per_node=cfg.scaling.cpus_per_worker)
+    cluster = LocalSpotCluster(nodes, cpus_per_node=cfg.scaling.cpus_per_worker, ray_alone=ray_alone)
     try:
         ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
         hub = start_hub()
@@ -295,7 +312,14 @@ def run_chaos(
         def run_training() -> None:
             try:
                 outcome["summary"] = train(
-                    cfg, None, True, console, attach=True, hub=hub, progress_every_s=0.0
+                    cfg,
+                    None,
+                    True,
+                    console,
+                    attach=True,
+                    hub=hub,
+                    progress_every_s=0.0,
+                    ray_defaults=ray_alone,
                 )
             except Exception as err:  # reported below
                 outcome["error"] = err
@@ -305,7 +329,9 @@ def run_chaos(
         trainer = threading.Thread(target=run_training, name="chaos-train", daemon=True)
         trainer.start()
         try:
-            reports = run_schedule(cluster, timeline, schedule, seed, replace, alive=trainer.is_alive)
+            reports = run_schedule(
+                cluster, timeline, schedule, seed, replace, run_location(cfg), alive=trainer.is_alive
+            )
         except (TimeoutError, RuntimeError) as err:
             trainer.join(timeout=5)
             if "error" in outcome:  # training failed first: that is the story
@@ -334,12 +360,18 @@ def run_chaos(
         f"{summary.restarts} restart(s), {summary.wall_s:.0f} s"
     )
     console.print(
-        f"{'event':<22}{'notice@':>8}{'ckpt':>6}{'kill@':>7}{'resumed':>9}{'lost':>6}{'kill->step':>12}"
+        f"{'event':<22}{'notice@':>8}{'ckpt':>6}{'kill@':>7}{'resumed':>9}{'lost':>6}"
+        f"{'notice->ckpt':>14}{'kill->step':>12}",
+        soft_wrap=True,
     )
     for r in reports:
         kind = f"step {r.event.at_step} {'announced' if r.event.announced else 'unannounced'}"
         cells = [r.step_at_notice, r.checkpoint_before_kill, r.step_at_kill, r.resumed_step, r.steps_lost]
         text = [str(c) if c is not None else "-" for c in cells]
+        saved = f"{r.notice_to_checkpoint_s:.1f} s" if r.notice_to_checkpoint_s is not None else "-"
         took = f"{r.kill_to_resume_s:.1f} s" if r.kill_to_resume_s is not None else "-"
-        console.print(f"{kind:<22}{text[0]:>8}{text[1]:>6}{text[2]:>7}{text[3]:>9}{text[4]:>6}{took:>12}")
+        console.print(
+            f"{kind:<22}{text[0]:>8}{text[1]:>6}{text[2]:>7}{text[3]:>9}{text[4]:>6}{saved:>14}{took:>12}",
+            soft_wrap=True,
+        )
     return reports

@@ -221,6 +221,14 @@ def chaos(
     report: Annotated[
         Path | None, typer.Option("--report", help="Also write the report as JSON to this file.")
     ] = None,
+    ray_alone: Annotated[
+        bool,
+        typer.Option(
+            "--ray-alone",
+            help="For comparison: no watchers (notices go unheeded) and Ray's default settings, "
+            "i.e. Ray Train alone with periodic checkpoints.",
+        ),
+    ] = False,
 ) -> None:
     """Train CONFIG on a local multi-node Ray cluster while spot preemptions happen to it.
 
@@ -245,7 +253,7 @@ def chaos(
             schedule = [parse_event(text, lead) for text in event]
         else:
             schedule = make_schedule(seed, cfg.optimizer.steps, events, announced, lead)
-        run_chaos(cfg, nodes, schedule, seed, replace, report, console)
+        run_chaos(cfg, nodes, schedule, seed, replace, report, console, ray_alone=ray_alone)
 
 
 def print_summary(summary: object) -> None:

@@ -132,11 +132,17 @@ def start_ray(cfg: JobConfig, attach: bool, log_to_driver: bool = False) -> None
 
 
 def build_trainer(
-    cfg: JobConfig, run: Location, stop_step: int, hub: Any, progress_every_s: float = 0.5
+    cfg: JobConfig,
+    run: Location,
+    stop_step: int,
+    hub: Any,
+    progress_every_s: float = 0.5,
+    ray_defaults: bool = False,
 ) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from spotray.recovery import FreshClusterView
     from train.loop import train_loop_per_worker
 
     s = cfg.scaling
@@ -160,6 +166,8 @@ def build_trainer(
             storage_path=storage_root.path,
             storage_filesystem=storage_root.fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            # Elastic jobs re-size from the cluster view; keep it true after a loss (spotray.recovery).
+            callbacks=[FreshClusterView()] if s.min_workers != s.max_workers and not ray_defaults else [],
             failure_config=FailureConfig(
                 max_failures=cfg.failure.max_failures,
                 max_preemption_failures=cfg.failure.max_preemption_failures,
@@ -192,13 +200,15 @@ def train(
     hub: Any = None,
     observer: Observer | None = None,
     progress_every_s: float = 0.5,
+    ray_defaults: bool = False,
 ) -> RunSummary:
     """Run the job to `stop_step` (default: the config's steps), resuming from storage.
 
     `attach` joins the cluster this process runs in (a Ray Job); otherwise a private Ray
     starts here. Ray's own worker logs are shown only with `log_to_driver`. `hub` and
     `observer` let a caller (`spotray chaos`) follow the run's events as they come, and
-    `progress_every_s` is how often rank 0 reports its step (0: every step).
+    `progress_every_s` is how often rank 0 reports its step (0: every step). `ray_defaults`
+    leaves out spotray's Ray settings and callbacks, for comparisons with Ray alone.
     """
     stop = stop_step or cfg.optimizer.steps
     run, existing = preflight(cfg, fresh, console)
@@ -209,8 +219,9 @@ def train(
 
     console.print(f"[bold]{cfg.name}[/]: training to step {stop}, checkpoints in {run.uri}")
     start_ray(cfg, attach, log_to_driver)
-    for key, value in RAY_TRAIN_SETTINGS.items():
-        os.environ.setdefault(key, value)
+    if not ray_defaults:
+        for key, value in RAY_TRAIN_SETTINGS.items():
+            os.environ.setdefault(key, value)
     hub = hub or start_hub()
     state = RunState(total=stop)
     t0 = time.perf_counter()
@@ -235,7 +246,7 @@ def train(
         poller = threading.Thread(target=poll, name="spotray-progress", daemon=True)
         poller.start()
         try:
-            build_trainer(cfg, run, stop, hub, progress_every_s).fit()
+            build_trainer(cfg, run, stop, hub, progress_every_s, ray_defaults).fit()
         except ray.train.TrainingFailedError as err:
             raise SpotrayError(f"training failed: {_failure_message(err)}") from err
         finally:
