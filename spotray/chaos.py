@@ -133,7 +133,8 @@ class LocalSpotCluster:
         thread = threading.Thread(
             target=watcher.run, args=(stop,), name=f"watch-{node.node_id[:8]}", daemon=True
         )
-        thread.start()
+        if self.watch:
+            thread.start()
         spot = SpotNode(node, imds, stop, thread)
         self.nodes.append(spot)
         return spot
@@ -182,11 +183,11 @@ class EventReport:
 class Timeline:
     """Everything the hub said, with its own timestamps, for the reports."""
 
-    def __init__(self, hub: Any) -> None:
+    def __init__(self, hub: Any, alive: Any = lambda: True) -> None:
         self.hub = hub
+        self.alive = alive  # whether the run is still going: waiting on a dead run fails fast
         self.events: list[dict[str, Any]] = []
         self.steps: list[tuple[float, int]] = []  # (time, step) of every step event seen
-        self.alive: Any = lambda: True  # whether the run is still going
 
     def refresh(self) -> None:
         latest, events = ray.get(self.hub.poll.remote(len(self.events)))
@@ -220,12 +221,10 @@ def run_schedule(
     replace: bool,
     run: Any,
     timeout_s: float = 600.0,
-    alive: Any = lambda: True,
 ) -> list[EventReport]:
     """Carry out `schedule` against a running job; returns one report per event."""
     rng = random.Random(seed + 1)
     reports = []
-    timeline.alive = alive
     for event in schedule:
         report = EventReport(event)
         timeline.wait(lambda e=event: timeline.step() >= e.at_step, timeout_s, f"step {event.at_step}")
@@ -245,10 +244,8 @@ def run_schedule(
         report.step_at_notice = notice["step"] if notice else None
         newest = checkpoint.latest(run)  # what storage holds at the moment of the kill
         report.checkpoint_before_kill = newest.step if newest else None
-        if event.announced:
-            saved = [
-                e for e in timeline.events if e["kind"] == "checkpoint" and served <= e["time"] < kill_time
-            ]
+        if notice is not None:  # the checkpoint the loop took because of the notice
+            saved = [e for e in timeline.events if e["kind"] == "checkpoint" and e["time"] >= notice["time"]]
             report.notice_to_checkpoint_s = saved[0]["time"] - served if saved else None
         for victim in victims:
             cluster.kill(victim)
@@ -306,7 +303,6 @@ def run_chaos(
     try:
         ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
         hub = start_hub()
-        timeline = Timeline(hub)
         outcome: dict[str, Any] = {}
 
         def run_training() -> None:
@@ -329,9 +325,8 @@ def run_chaos(
         trainer = threading.Thread(target=run_training, name="chaos-train", daemon=True)
         trainer.start()
         try:
-            reports = run_schedule(
-                cluster, timeline, schedule, seed, replace, run_location(cfg), alive=trainer.is_alive
-            )
+            timeline = Timeline(hub, alive=trainer.is_alive)
+            reports = run_schedule(cluster, timeline, schedule, seed, replace, run_location(cfg))
         except (TimeoutError, RuntimeError) as err:
             trainer.join(timeout=5)
             if "error" in outcome:  # training failed first: that is the story

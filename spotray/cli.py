@@ -267,6 +267,7 @@ def print_summary(summary: object) -> None:
     rows = [
         ("final loss", f"{summary.final_loss:.4f}"),
         ("restarts", str(summary.restarts)),
+        ("notices", str(summary.notices)),
         ("resumed from", f"step {summary.resumed_from_step}" if summary.resumed_from_step else "scratch"),
         ("checkpoint", summary.checkpoint_uri or "none"),
     ]

@@ -45,6 +45,7 @@ class RunSummary:
     steps: int
     final_loss: float
     restarts: int
+    notices: int  # spot preemption notices the training loop acted on
     wall_s: float
     run_uri: str
     checkpoint_uri: str | None
@@ -265,6 +266,7 @@ def _summary(
         steps=int(meta.get("step", state.step)),
         final_loss=float(meta.get("loss", state.loss)),
         restarts=state.restarts,
+        notices=state.notices,
         wall_s=wall_s,
         run_uri=run.uri,
         checkpoint_uri=final.location.uri if final else None,
