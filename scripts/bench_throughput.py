@@ -2,9 +2,11 @@
 
     python scripts/bench_throughput.py                  # demo model, 2 workers, 3 repeats
     python scripts/bench_throughput.py --steps 100 --repeats 1
+    python scripts/bench_throughput.py --config gpu.yaml  # use_gpu: NCCL, one worker per GPU
 
-Same model (the `tiny` preset of train/configs/local.yaml), same global batch and
-micro-batches, same data order, same number of workers, gloo on CPU:
+Same model (the `tiny` preset of train/configs/local.yaml, or --config's), same global batch
+and micro-batches, same data order, same number of workers, same precision (gloo on CPU,
+NCCL and `model.precision` on GPUs):
 - spotray: `spotray.trainer.train` (Ray Train, progress hub, the all-reduced loss, and
   asynchronous checkpoints every 50 steps, as in the demo);
 - DDP: torch.multiprocessing + DistributedDataParallel, no Ray, no checkpoints.
@@ -37,8 +39,8 @@ from spotray.config import JobConfig, load_config
 REPO = Path(__file__).resolve().parent.parent
 
 
-def bench_config(storage: str, steps: int) -> JobConfig:
-    cfg = load_config(REPO / "train" / "configs" / "local.yaml")
+def bench_config(path: Path, storage: str, steps: int) -> JobConfig:
+    cfg = load_config(path)
     return cfg.model_copy(
         update={
             "name": "bench-throughput",
@@ -65,19 +67,22 @@ def run_spotray(cfg: JobConfig, warmup: int, steps: int) -> float:
     return steps / (meta[warmup + steps]["wall_time_s"] - meta[warmup]["wall_time_s"])
 
 
-def timed_ddp_steps(cfg: JobConfig, rank: int, world: int, warmup: int, steps: int) -> float:
+def timed_ddp_steps(
+    cfg: JobConfig, rank: int, world: int, warmup: int, steps: int, device: torch.device
+) -> float:
     """Plain DDP training of the same model on the same batches; steady-state steps/s."""
     from train.batches import BatchOrder
     from train.data import load_tokens
-    from train.loop import lr_factor, make_optimizer
+    from train.loop import autocast, lr_factor, make_optimizer
     from train.model import GPT
 
     tokens = load_tokens(cfg.data.source)
     torch.manual_seed(cfg.seed)
-    model = GPT(cfg.model.gpt_config(tokens.vocab_size))
+    model = GPT(cfg.model.gpt_config(tokens.vocab_size)).to(device)
     optimizer = make_optimizer(model, cfg.optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.optimizer, s))
-    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    ids = [device.index] if device.type == "cuda" else None
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     batch = cfg.optimizer.global_batch_size
     order = BatchOrder(tokens.ids, model.cfg.block_size, batch, cfg.seed)
     t0 = 0.0
@@ -87,8 +92,10 @@ def timed_ddp_steps(cfg: JobConfig, rank: int, world: int, warmup: int, steps: i
             t0 = time.perf_counter()
         micro = order.micro_batches(step, rank, world, cfg.optimizer.micro_batch_size)
         for i, (x, y) in enumerate(micro):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with contextlib.nullcontext() if i == len(micro) - 1 else ddp.no_sync():
-                _, loss = ddp(x, y)
+                with autocast(device, cfg.model.precision):
+                    _, loss = ddp(x, y)
                 (loss * (len(x) * world / batch)).backward()
         torch.nn.utils.clip_grad_norm_(ddp.parameters(), cfg.optimizer.grad_clip)
         optimizer.step()
@@ -101,9 +108,16 @@ def timed_ddp_steps(cfg: JobConfig, rank: int, world: int, warmup: int, steps: i
 
 def _ddp_worker(rank: int, world: int, port: int, cfg_json: str, warmup: int, steps: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    rate = timed_ddp_steps(JobConfig.model_validate_json(cfg_json), rank, world, warmup, steps)
+    cfg = JobConfig.model_validate_json(cfg_json)
+    if cfg.scaling.use_gpu:
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", rank=rank, world_size=world, device_id=device)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    rate = timed_ddp_steps(cfg, rank, world, warmup, steps, device)
     if rank == 0:
         Path(out).write_text(json.dumps({"steps_per_s": rate}))
     dist.destroy_process_group()
@@ -113,6 +127,7 @@ def run_ray_plain(cfg: JobConfig, warmup: int, steps: int) -> float:
     """The plain DDP loop inside Ray Train (no spotray): Ray's own share of the overhead."""
     import ray
     import ray.train
+    import ray.train.torch
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -121,7 +136,8 @@ def run_ray_plain(cfg: JobConfig, warmup: int, steps: int) -> float:
     def loop(config: dict) -> None:
         ctx = ray.train.get_context()
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
-        rate = timed_ddp_steps(JobConfig.model_validate(config["cfg"]), rank, world, warmup, steps)
+        cfg = JobConfig.model_validate(config["cfg"])
+        rate = timed_ddp_steps(cfg, rank, world, warmup, steps, ray.train.torch.get_device())
         if rank == 0:
             Path(config["out"]).write_text(json.dumps({"steps_per_s": rate}))
 
@@ -130,7 +146,7 @@ def run_ray_plain(cfg: JobConfig, warmup: int, steps: int) -> float:
     TorchTrainer(
         loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "out": str(out)},
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.max_workers),
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.max_workers, use_gpu=cfg.scaling.use_gpu),
         run_config=RunConfig(name="bench-ray-plain", storage_path=cfg.checkpoint.storage_path),
     ).fit()
     ray.shutdown()
@@ -162,13 +178,19 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=200, help="timed steps (multiple of 50)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=REPO / "train" / "configs" / "local.yaml",
+        help="job config whose model, data, batch, workers and use_gpu to measure",
+    )
     parser.add_argument("--markdown", action="store_true", help="print a BENCHMARKS.md table row")
     args = parser.parse_args()
     if args.warmup % 50 or args.steps % 50:
         parser.error("--warmup and --steps must be multiples of the checkpoint interval (50)")
 
     with tempfile.TemporaryDirectory() as storage:
-        cfg = bench_config(storage, args.warmup + args.steps)
+        cfg = bench_config(args.config, storage, args.warmup + args.steps)
         world = cfg.scaling.max_workers
         tokens_per_step = cfg.optimizer.global_batch_size * cfg.model.gpt_config(256).block_size
         spot, ray_plain, ddp = [], [], []
@@ -187,8 +209,9 @@ def main() -> None:
     print(f"plain DDP (no Ray):      {d:.2f} steps/s ({d * tokens_per_step:,.0f} tok/s)")
     print(f"spotray / DDP: {s / d:.3f} (goal >= 0.95); spotray / Ray Train plain: {s / p:.3f}")
     if args.markdown:
+        kind = f"{torch.cuda.get_device_name(0)} (NCCL)" if cfg.scaling.use_gpu else "CPU (gloo)"
         print(
-            f"| {time.strftime('%Y-%m-%d')} | {platform.node()} | {world} x CPU (gloo) | "
+            f"| {time.strftime('%Y-%m-%d')} | {platform.node()} | {world} x {kind} | "
             f"{s * tokens_per_step:,.0f} | {p * tokens_per_step:,.0f} | {d * tokens_per_step:,.0f} | "
             f"{s / d:.3f} | {s / p:.3f} |"
         )

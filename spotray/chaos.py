@@ -17,6 +17,7 @@ steps lost, and the seconds from the kill to the first resumed step.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -172,6 +173,7 @@ class EventReport:
     resumed_step: int | None = None
     kill_to_resume_s: float | None = None  # kill to the first step after it
     notice_to_checkpoint_s: float | None = None  # notice served to a checkpoint handed to Ray
+    writing_at_notice: bool | None = None  # a checkpoint was still being written when it came
 
     @property
     def steps_lost(self) -> int | None:
@@ -242,6 +244,7 @@ def run_schedule(
         report.step_at_kill = timeline.step()
         notice = timeline.last("notice", before=kill_time, after=served)
         report.step_at_notice = notice["step"] if notice else None
+        report.writing_at_notice = notice["writing"] if notice else None
         newest = checkpoint.latest(run)  # what storage holds at the moment of the kill
         report.checkpoint_before_kill = newest.step if newest else None
         if notice is not None:  # the checkpoint the loop took because of the notice
@@ -283,6 +286,7 @@ def run_chaos(
     report_path: Any,
     console: Any,
     ray_alone: bool = False,
+    slow_storage_s: float = 0.0,
 ) -> list[EventReport]:
     """Start the local spot cluster, train under the schedule, print the report."""
     import json
@@ -299,6 +303,8 @@ def run_chaos(
         f"chaos: {nodes} spot nodes, {len(schedule)} preemption(s): "
         + ", ".join(f"step {e.at_step} {'announced' if e.announced else 'unannounced'}" for e in schedule)
     )
+    if slow_storage_s:  # the nodes' workers inherit it from the raylets started below
+        os.environ[checkpoint.SLOW_WRITE_ENV] = str(slow_storage_s)
     cluster = LocalSpotCluster(nodes, cpus_per_node=cfg.scaling.cpus_per_worker, ray_alone=ray_alone)
     try:
         ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)

@@ -48,6 +48,9 @@ FORMAT_VERSION = 1
 META_FILE = "spotray.json"
 STATE_FILE = "state.pt"
 DIR_PATTERN = re.compile(r"^checkpoint_(\d+)$")
+# Fault injection (`spotray chaos --slow-storage-s`): every write takes this much longer, its
+# manifest held back meanwhile, as on a slow disk. Lets a test land a notice mid-write.
+SLOW_WRITE_ENV = "SPOTRAY_FAULT_SLOW_WRITE_S"
 
 
 def dir_name(step: int) -> str:
@@ -173,6 +176,7 @@ class CheckpointWriter:
                 folder.mkdir(parents=True, exist_ok=True)
                 for name, obj in files.items():
                     torch.save(obj, folder / name)
+                time.sleep(float(os.environ.get(SLOW_WRITE_ENV) or 0))
                 pending.write_s = time.perf_counter() - t0
                 if meta is not None:
                     body = dict(

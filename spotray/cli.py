@@ -229,6 +229,15 @@ def chaos(
             "i.e. Ray Train alone with periodic checkpoints.",
         ),
     ] = False,
+    slow_storage: Annotated[
+        float,
+        typer.Option(
+            "--slow-storage-s",
+            min=0.0,
+            help="Make every checkpoint write take this many seconds longer (a slow disk), "
+            "so that notices arrive while a checkpoint is being written.",
+        ),
+    ] = 0.0,
 ) -> None:
     """Train CONFIG on a local multi-node Ray cluster while spot preemptions happen to it.
 
@@ -253,7 +262,7 @@ def chaos(
             schedule = [parse_event(text, lead) for text in event]
         else:
             schedule = make_schedule(seed, cfg.optimizer.steps, events, announced, lead)
-        run_chaos(cfg, nodes, schedule, seed, replace, report, console, ray_alone=ray_alone)
+        run_chaos(cfg, nodes, schedule, seed, replace, report, console, ray_alone, slow_storage)
 
 
 def print_summary(summary: object) -> None:
@@ -276,6 +285,13 @@ def print_summary(summary: object) -> None:
     if summary.sample:
         console.print("\n[bold]sample[/] (the model continues 'The '):")
         console.print(summary.sample, markup=False, highlight=False)
+
+
+from spotray.cost import cli as cost_cli  # noqa: E402  (its commands use this module's helpers)
+
+app.command()(cost_cli.cost)
+app.command()(cost_cli.prices)
+app.command()(cost_cli.plan)
 
 
 def run() -> None:

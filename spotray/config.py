@@ -43,6 +43,9 @@ class ModelSection(Section):
         None, gt=1, description="default: 256 for text, shard metadata for Parquet"
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on GPUs that support it, fp32 on CPU"
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelSection:

@@ -22,9 +22,11 @@ from rich.console import Console
 
 from spotray import checkpoint as ckpt
 from spotray.config import JobConfig
+from spotray.cost.ledger import RunRecorder
 from spotray.errors import CheckpointMismatchError, SpotrayError
 from spotray.progress import ProgressView, RunState, start_hub
 from spotray.storage import Location, resolve, run_location
+from spotray.watch import read_notices
 from train.data import BYTE_VOCAB, declared_vocab
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -229,20 +231,23 @@ def train(
     done = threading.Event()
 
     with ProgressView(state, console) as view:
+        # Starts, checkpoints and the watchers' notices, for the bill's lost work.
+        gcs = ray.get_runtime_context().gcs_address
+        recorder = RunRecorder(cfg.name, notices=lambda: read_notices(gcs))
+        followers = [view.update, recorder, *([observer] if observer else [])]
 
         def poll() -> None:
             seen = 0
-            while not done.is_set():
+            while True:
+                finished = done.is_set()  # one last poll after the end
                 latest, events = ray.get(hub.poll.remote(seen))
                 seen += len(events)
-                view.update(latest, events)
-                if observer is not None:
-                    observer(latest, events)
+                for follow in followers:
+                    follow(latest, events)
+                if finished:
+                    break
                 done.wait(POLL_S)
-            latest, events = ray.get(hub.poll.remote(seen))
-            view.update(latest, events)
-            if observer is not None:
-                observer(latest, events)
+            recorder.close()  # in this thread: SQLite connections belong to the thread that made them
 
         poller = threading.Thread(target=poll, name="spotray-progress", daemon=True)
         poller.start()

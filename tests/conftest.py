@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,6 +33,12 @@ TEST_CONFIG: dict[str, Any] = {
     "checkpoint": {"storage_path": "./runs", "interval": 20, "keep": 10},
     "failure": {"max_failures": 2},
 }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _spotray_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The ledger and price tables of every test go to a temporary home, never ~/.spotray."""
+    os.environ["SPOTRAY_HOME"] = str(tmp_path_factory.mktemp("spotray-home"))
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

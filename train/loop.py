@@ -76,6 +76,15 @@ class Progress:
     loss: float = float("nan")
 
 
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The forward pass's precision: bf16 autocast (fp32 weights and optimizer state) on GPUs
+    that have it when `auto`; fp32 on CPU, where bf16 is slower and resumes must be bit-exact."""
+    bf16 = precision == "bf16" or (
+        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
 def _worker_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
@@ -250,7 +259,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             sync = i == len(micro) - 1 or not hasattr(ddp, "no_sync")
             with contextlib.nullcontext() if sync else ddp.no_sync():
-                _, loss = ddp(x, y)
+                with autocast(device, cfg.model.precision):
+                    _, loss = ddp(x, y)
                 # Scaled so that DDP's mean over ranks is the mean over the global batch,
                 # whatever the world size and however unevenly the batch divides.
                 (loss * (len(x) * world / batch)).backward()
@@ -294,6 +304,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                             "step": step,
                             "deadline_ms": plan.deadline_ms,
                             "nodes": sorted(info.preempted_node_to_ranks),
+                            # a write in flight is finished and committed first (below)
+                            "writing": writer.pending is not None and not writer.pending.done(),
                         }
                     )
         if final:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from moto.server import ThreadedMotoServer
 
 from spotray import checkpoint as ckpt
-from tests.conftest import TEST_CONFIG, run_spotray, write_config
+from tests.conftest import TEST_CONFIG, free_port, run_spotray, write_config
 
 STEPS = TEST_CONFIG["optimizer"]["steps"]
 BATCH = TEST_CONFIG["optimizer"]["global_batch_size"]
@@ -40,3 +42,27 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
     result = run_spotray(["train", str(write_config(workdir))], cwd=workdir)
     assert result.returncode == 0, result.stdout + result.stderr
     return workdir, result
+
+
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture
+def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """moto in server mode on 127.0.0.1, in this process (so a test can reach its backends);
+    fake credentials and AWS_ENDPOINT_URL in the environment. Yields the endpoint URL."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {**FAKE_AWS, "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield endpoint
+    finally:
+        server.stop()

@@ -11,18 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_spotray, write_config
+from spotray.cost.ledger import Ledger
+from tests.conftest import run_spotray, spotray_env, write_config
 from tests.integration.conftest import STEPS, assert_bit_identical, final_state
 
 pytestmark = pytest.mark.integration
 
 
-def chaos(tmp_path: Path, update: dict, *events: str, lead_s: float = 6.0) -> dict:
+def chaos(tmp_path: Path, update: dict, *events: str, lead_s: float = 6.0, slow_storage_s: float = 0) -> dict:
     config = write_config(tmp_path, update)
     args = ["chaos", str(config), "--nodes", "3", "--lead-s", str(lead_s), "--report", "report.json"]
+    args += ["--slow-storage-s", str(slow_storage_s)]
     for event in events:
         args += ["--event", event]
-    result = run_spotray(args, cwd=tmp_path, timeout=600)
+    env = spotray_env(SPOTRAY_LEDGER=str(tmp_path / "ledger.db"))
+    result = run_spotray(args, cwd=tmp_path, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads((tmp_path / "report.json").read_text())
 
@@ -39,6 +42,27 @@ def test_announced_preemptions_lose_no_step_and_are_not_failures(reference, tmp_
         assert event["steps_lost"] == 0, event
         assert event["resumed_step"] == event["checkpoint_before_kill"]
     # Same world size all along: the same parameters as the uninterrupted run, bit for bit.
+    assert_bit_identical(final_state(tmp_path), final_state(reference[0]))
+    # The cost ledger has what the bill needs: the restarts, the checkpoints, the 3 notices.
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        events = ledger.run_events(run="t")
+        assert [e.kind for e in events].count("start") == 3
+        assert {e.step for e in events if e.kind == "checkpoint"} >= {first["resumed_step"], STEPS}
+        assert [action for _, action, _, _ in ledger.notices()] == ["terminate"] * 3
+
+
+def test_a_notice_during_a_checkpoint_write_loses_no_step(reference, tmp_path: Path) -> None:
+    """Writes take 4 s longer (slow storage); the notice comes right after the step-40 write began.
+
+    The loop finishes and commits that write, then checkpoints the step it has reached, all
+    before the deadline: nothing lost, and no torn checkpoint is ever resumed from.
+    """
+    report = chaos(tmp_path, {}, "41:announced", lead_s=14.0, slow_storage_s=4.0)
+    assert report["final_step"] == STEPS
+    [event] = report["events"]
+    assert event["writing_at_notice"] is True, event  # the notice really came mid-write
+    assert event["steps_lost"] == 0, event
+    assert event["resumed_step"] == event["checkpoint_before_kill"] > 40
     assert_bit_identical(final_state(tmp_path), final_state(reference[0]))
 
 

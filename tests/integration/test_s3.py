@@ -8,45 +8,27 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from spotray import checkpoint as ckpt
 from spotray.config import S3Section
 from spotray.storage import resolve
-from tests.conftest import SPOTRAY, free_port, run_spotray, spotray_env, write_config
-from tests.integration.conftest import STEPS, assert_bit_identical, final_state
+from tests.conftest import SPOTRAY, run_spotray, spotray_env, write_config
+from tests.integration.conftest import FAKE_AWS, STEPS, assert_bit_identical, final_state
 from tests.integration.faults import kill_one_worker, wait_for
 from train.data import BUILTIN_PYDOC, BYTE_VOCAB, load_tokens, write_token_shards
 
 pytestmark = pytest.mark.integration
 
-FAKE_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_REGION": "us-east-1",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A moto S3 server with a bucket `ckpt`; yields its endpoint URL."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in FAKE_AWS.items():
-        monkeypatch.setenv(key, value)
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="ckpt")
-    try:
-        yield endpoint
-    finally:
-        server.stop()
+def s3(moto: str) -> str:
+    """The moto server with a bucket `ckpt`; its endpoint URL."""
+    boto3.client("s3", endpoint_url=moto).create_bucket(Bucket="ckpt")
+    return moto
 
 
 def test_train_on_s3_data_kill_a_worker_resume_from_s3(reference, s3: str, tmp_path: Path) -> None:
