@@ -1,0 +1,110 @@
+"""cluster.yaml and cluster.local.yaml as Ray reads them, and Ray's own AWS node provider
+launching cluster.yaml's worker types on EC2 in moto's server mode (127.0.0.1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from ray.autoscaler._private.aws.config import bootstrap_aws
+from ray.autoscaler._private.providers import _get_node_provider
+from ray.autoscaler._private.util import (
+    fill_node_type_min_max_workers,
+    merge_setup_commands,
+    prepare_config,
+    validate_config,
+)
+from ray.autoscaler.tags import TAG_RAY_NODE_KIND, TAG_RAY_NODE_NAME, TAG_RAY_USER_NODE_TYPE
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+SPOT_TYPES = {
+    "p3_8xlarge_spot": "p3.8xlarge",
+    "g5_12xlarge_spot": "g5.12xlarge",
+    "g4dn_12xlarge_spot": "g4dn.12xlarge",
+}
+ACCOUNT = "123456789012"  # moto's
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((REPO / name).read_text())
+
+
+def test_ray_accepts_cluster_yaml_and_fills_its_defaults() -> None:
+    config = prepare_config(load("cluster.yaml"))  # Ray's default filling, then its schema
+    validate_config(config)
+    types = config["available_node_types"]
+    assert config["head_node_type"] == "head" and "InstanceMarketOptions" not in types["head"]["node_config"]
+    for name, instance_type in SPOT_TYPES.items():
+        node = types[name]
+        assert node["node_config"]["InstanceType"] == instance_type
+        assert (
+            node["node_config"]["InstanceMarketOptions"]["SpotOptions"]["InstanceInterruptionBehavior"]
+            == "terminate"
+        )
+        assert node["labels"] == {"market": "spot", "instance-type": instance_type}
+        assert node["min_workers"] == 0
+    fallback = types["p3_8xlarge_on_demand"]
+    assert fallback["min_workers"] == 0 and "InstanceMarketOptions" not in fallback["node_config"]
+    assert all(t["node_config"]["MetadataOptions"]["HttpTokens"] == "required" for t in types.values())
+    # Every worker runs the watcher; the head gets the fast health check; nothing opens the dashboard.
+    assert any("spotray watch" in c for c in config["worker_start_ray_commands"])
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert "health_check_failure_threshold" in head_start and "--dashboard-host=127.0.0.1" in head_start
+
+
+def test_ray_accepts_cluster_local_yaml() -> None:
+    # The 2.60 wheel lacks the fake_multinode defaults file that prepare_config reads, so the
+    # local file is complete on its own: Ray's schema and node-type filling accept it as is.
+    config = load("cluster.local.yaml")
+    validate_config(config)
+    merge_setup_commands(config)
+    fill_node_type_min_max_workers(config)
+    local_types = set(config["available_node_types"]) - {"ray.head.default"}
+    assert local_types <= set(load("cluster.yaml")["available_node_types"])  # the same names
+
+
+def test_ray_aws_provider_launches_every_worker_type(moto: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # Ray writes the SSH key it creates under ~/.ssh
+    iam, ec2 = boto3.client("iam"), boto3.client("ec2")
+    for profile in ("spotray-head", "spotray-checkpoints"):
+        iam.create_instance_profile(InstanceProfileName=profile)
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    text = (REPO / "cluster.yaml").read_text().replace("YOUR-ACCOUNT", ACCOUNT).replace("latest_dlami", image)
+    config = bootstrap_aws(prepare_config(yaml.safe_load(text)))  # key pair, subnets, security group
+    provider = _get_node_provider(config["provider"], config["cluster_name"])
+
+    workers = {k: v for k, v in config["available_node_types"].items() if k != "head"}
+    for name, node_type in workers.items():
+        tags = {
+            TAG_RAY_NODE_KIND: "worker",
+            TAG_RAY_USER_NODE_TYPE: name,
+            TAG_RAY_NODE_NAME: f"ray-spotray-{name}",
+        }
+        provider.create_node(node_type["node_config"], tags, 1)
+
+    pages = ec2.get_paginator("describe_instances").paginate(
+        Filters=[{"Name": "tag:ray-cluster-name", "Values": ["spotray"]}]
+    )
+    launched = {
+        {t["Key"]: t["Value"] for t in i["Tags"]}[TAG_RAY_USER_NODE_TYPE]: i
+        for page in pages
+        for r in page["Reservations"]
+        for i in r["Instances"]
+    }
+    assert set(launched) == set(workers)
+    for name, instance in launched.items():
+        spot = name.endswith("_spot")
+        assert instance.get("InstanceLifecycle") == ("spot" if spot else None), name
+        assert instance["InstanceType"] == workers[name]["node_config"]["InstanceType"]
+        assert instance["MetadataOptions"]["HttpTokens"] == "required"
+        assert instance["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
+        assert instance["IamInstanceProfile"]["Arn"].endswith("instance-profile/spotray-checkpoints")
+    groups = {g["GroupId"]: g for g in ec2.describe_security_groups()["SecurityGroups"]}
+    [group_id] = {g["GroupId"] for i in launched.values() for g in i["SecurityGroups"]}
+    from_outside = [p for p in groups[group_id]["IpPermissions"] if p.get("IpRanges")]
+    assert [(p["FromPort"], p["ToPort"]) for p in from_outside] == [(22, 22)]  # SSH only
