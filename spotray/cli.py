@@ -287,6 +287,107 @@ def print_summary(summary: object) -> None:
         console.print(summary.sample, markup=False, highlight=False)
 
 
+@app.command()
+def up(
+    cluster_yaml: Annotated[Path, typer.Argument(help="Ray cluster launcher config.")] = Path("cluster.yaml"),
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and print the plan; launch nothing.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before launching.")] = False,
+    ledger_path: Annotated[
+        Path | None, typer.Option("--ledger", envvar="SPOTRAY_LEDGER", help="Cost ledger file.")
+    ] = None,
+) -> None:
+    """Check the cluster config against AWS, print the plan and its price, bring it up.
+
+    Checks before anything launches: AWS credentials, the region, every instance type, a
+    subnet in every AZ, and the config as Ray itself validates it. The plan shows each node
+    type's market and its on-demand and current spot prices, and the most the cluster can
+    cost per hour. Then Ray's cluster launcher brings it up and the cost ledger records it.
+
+    [b]Examples:[/b]
+
+      spotray up cluster.yaml --dry-run
+
+      spotray up cluster.yaml --yes
+    """
+    with human_errors():
+        from rich import box
+        from rich.table import Table
+
+        from spotray import cluster
+        from spotray.cost.aws import client
+        from spotray.cost.ledger import Ledger
+        from spotray.cost.prices import load_on_demand
+
+        config = cluster.load_cluster_config(cluster_yaml)
+        region = config["provider"]["region"]
+        plan = cluster.preflight(config, client("ec2", region), load_on_demand())
+        table = Table(title=f"cluster {plan.name} in {region}", box=box.SIMPLE_HEAD)
+        for col in ("node type", "instance", "market", "workers", "on-demand $/h"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("spot $/h now")  # the one column that may wrap in a narrow terminal
+        for node in [plan.head, *plan.workers]:
+            prices = sorted(node.spot_prices.values())
+            spot = f"{prices[0]:.4f}-{prices[-1]:.4f} ({len(prices)} AZs)" if prices else ""
+            workers = "head" if node is plan.head else f"{node.min_workers}-{node.max_workers}"
+            spot_cell = spot or ("no price read" if node.market == "spot" else "")
+            table.add_row(
+                node.name, node.instance_type, node.market, workers, f"{node.on_demand_price:.3f}", spot_cell
+            )
+        console.print(table)
+        console.print(
+            f"at most [bold]${plan.max_usd_per_hour():,.2f}/h[/] (the head and the dearest worker mix "
+            f"within max_workers {plan.max_workers})"
+        )
+        if dry_run:
+            return
+        if not yes:
+            typer.confirm("Launch it?", abort=True)
+        with Ledger(ledger_path) as ledger:
+            ledger.add_cluster(plan.name, region)
+        cluster.up(cluster_yaml)
+        console.print(f"[green]up[/]: {plan.name}. Costs so far: spotray cost --cluster {plan.name}")
+
+
+@app.command()
+def down(
+    cluster_yaml: Annotated[Path, typer.Argument(help="Ray cluster launcher config.")] = Path("cluster.yaml"),
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before tearing down.")] = False,
+    ledger_path: Annotated[
+        Path | None, typer.Option("--ledger", envvar="SPOTRAY_LEDGER", help="Cost ledger file.")
+    ] = None,
+) -> None:
+    """Close the cluster's nodes in the cost ledger, then tear every node down.
+
+    The ledger is finalized first (every node still running is recorded as torn down now), so
+    the bill is complete even if the teardown is interrupted; it stays after the cluster.
+
+    [b]Example:[/b]
+
+      spotray down cluster.yaml --yes
+    """
+    with human_errors():
+        from spotray import cluster
+        from spotray.cost.aws import client
+        from spotray.cost.ledger import Ledger
+
+        config = cluster.load_cluster_config(cluster_yaml)
+        name, region = config["cluster_name"], config["provider"]["region"]
+        if not yes:
+            typer.confirm(f"Tear down every node of {name}?", abort=True)
+        ec2 = client("ec2", region)
+        with Ledger(ledger_path) as ledger:
+            ledger.add_cluster(name, region)  # also a cluster brought up by plain `ray up`
+            ledger.sync_ec2(ec2, name)
+            closed = ledger.finalize(name)
+        cluster.down(cluster_yaml)
+        with Ledger(ledger_path) as ledger:
+            ledger.sync_ec2(ec2, name)  # what ended before: preempted, scaled in
+        console.print(f"[green]down[/]: {name}; {closed} node(s) closed in the ledger ({ledger.path})")
+        console.print(f"the bill stays: spotray cost --cluster {name} --offline")
+
+
 from spotray.cost import cli as cost_cli  # noqa: E402  (its commands use this module's helpers)
 
 app.command()(cost_cli.cost)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from spotray.errors import ConfigError, SpotrayError
@@ -28,6 +29,10 @@ RegionOption = Annotated[
 
 def _region(region: str | None) -> str:
     return region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def _short(t: float | None) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%m-%d %H:%M") if t else "running"
 
 
 def _stamp(t: float | None) -> str:
@@ -142,14 +147,15 @@ def _render_bill(bill: Any, cluster: str, run: str | None, as_json: bool, as_csv
         writer.writerows(rows)
         print(out.getvalue(), end="")
         return
-    table = Table(title=f"cluster {cluster}" + (f", run {run}" if run else ""))
-    for col in ("instance", "type", "AZ", "market", "launch (UTC)", "end", "hours", "cost $", "on-demand $"):
+    table = Table(title=f"cluster {cluster}" + (f", run {run}" if run else ""), box=box.SIMPLE_HEAD)
+    for col in ("instance", "type, AZ", "market", "life (UTC)", "hours", "cost $", "on-demand $"):
         table.add_column(col, justify="right" if col.endswith("$") or col == "hours" else "left")
-    for r in rows:
-        end = r["end"] + (f" ({r['end_reason']})" if r["end_reason"] else "")
+    for r, n in zip(rows, bill.nodes, strict=True):
+        end = _short(n.node.end) + (f" {r['end_reason']}" if r["end_reason"] else "")
         cost_cell = f"{r['cost_usd']:,.2f}" + (" *" if r["estimated"] else "")
+        life = f"{_short(n.node.launch)} - {end}"
         table.add_row(
-            r["instance_id"], r["instance_type"], r["az"], r["market"], r["launch"], end,
+            r["instance_id"], f"{r['instance_type']} {r['az']}", r["market"], life,
             f"{r['hours']:.2f}", cost_cell, f"{r['on_demand_usd']:,.2f}",
         )  # fmt: skip
     console.print(table)
