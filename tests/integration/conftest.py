@@ -63,9 +63,22 @@ def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     endpoint = f"http://127.0.0.1:{port}"
     # moto's backends live in this process and outlast a server: start each test from nothing.
     urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).close()
+    forget_ray_aws_clients()
     for key, value in {**FAKE_AWS, "AWS_ENDPOINT_URL": endpoint}.items():
         monkeypatch.setenv(key, value)
     try:
         yield endpoint
     finally:
         server.stop()
+
+
+def forget_ray_aws_clients() -> None:
+    """Ray's launcher caches boto3 clients and node providers for the life of the process;
+    a cached one still points at the previous test's moto server."""
+    from ray.autoscaler._private import providers
+    from ray.autoscaler._private.aws import config, utils
+
+    utils.resource_cache.cache_clear()
+    utils.client_cache.cache_clear()
+    config._get_subnets_or_die.cache_clear()
+    providers._provider_instances.clear()
