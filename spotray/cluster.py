@@ -14,13 +14,12 @@ from __future__ import annotations
 import difflib
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from spotray.cost.prices import OnDemandTable, spot_price_history
+from spotray.cost.prices import OnDemandTable, spot_prices_now
 from spotray.errors import ConfigError, SpotrayError
 
 
@@ -128,12 +127,10 @@ def preflight(config: dict[str, Any], ec2: Any, table: OnDemandTable) -> Cluster
                 )
 
     spot_types = sorted({t for name, t in types.items() if _market(config, name) == "spot"})
-    now = datetime.now(timezone.utc)
-    spot: dict[str, dict[str, float]] = {}
-    if spot_types:
-        for p in spot_price_history(ec2, spot_types, now - timedelta(seconds=1), now):
-            if not zones or p.az in zones:
-                spot.setdefault(p.instance_type, {})[p.az] = p.price
+    spot = {
+        itype: {az: p for az, p in by_az.items() if not zones or az in zones}
+        for itype, by_az in (spot_prices_now(ec2, spot_types) if spot_types else {}).items()
+    }
 
     def plan(name: str) -> NodeTypePlan:
         node = config["available_node_types"][name]

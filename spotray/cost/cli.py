@@ -7,7 +7,7 @@ import io
 import json
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -84,18 +84,19 @@ def cost(
                 known = ", ".join(ledger.clusters()) or "none yet"
                 raise ConfigError(f"--cluster NAME or --run NAME (clusters in the ledger: {known})")
             where = region or ledger.cluster_region(cluster) or _region(None)
-            if not offline:
-                ledger.sync_ec2(client("ec2", where), cluster, now)
+            ec2 = None if offline else client("ec2", where)
+            if ec2 is not None:
+                ledger.sync_ec2(ec2, cluster, now)
             nodes = ledger.nodes(cluster)
             if not nodes:
                 raise SpotrayError(f"no nodes of cluster {cluster!r} in EC2 ({where}) or in the ledger")
             if run:
                 nodes = _within(nodes, events[0].time, events[-1].time)
             spot_types = sorted({n.instance_type for n in nodes if n.market == "spot"})
-            if spot_types and not offline:
+            if spot_types and ec2 is not None:
                 start = datetime.fromtimestamp(min(n.launch for n in nodes), timezone.utc)
                 history = spot_price_history(
-                    client("ec2", where), spot_types, start, datetime.fromtimestamp(now, timezone.utc)
+                    ec2, spot_types, start, datetime.fromtimestamp(now, timezone.utc)
                 )
                 ledger.add_spot_prices(history)
             table = load_on_demand()
@@ -194,7 +195,7 @@ def prices(
     """
     from spotray.cli import console, human_errors
     from spotray.cost.aws import client
-    from spotray.cost.prices import PRICING_REGION, load_on_demand, refresh_on_demand, spot_price_history
+    from spotray.cost.prices import PRICING_REGION, load_on_demand, refresh_on_demand, spot_prices_now
 
     with human_errors():
         where = _region(region)
@@ -204,11 +205,7 @@ def prices(
         if refresh:
             table = refresh_on_demand(client("pricing", PRICING_REGION), where, types)
             on_demand = {t: table.price(t, where) for t in types}
-        now = datetime.now(timezone.utc)
-        history = spot_price_history(client("ec2", where), types, now - timedelta(seconds=1), now)
-        spot: dict[str, dict[str, float]] = {}
-        for p in history:  # sorted by time: the newest price per AZ wins
-            spot.setdefault(p.instance_type, {})[p.az] = p.price
+        spot = spot_prices_now(client("ec2", where), types)
         if as_json:
             body = {
                 "region": where,
@@ -260,20 +257,17 @@ def plan(
     from spotray.cli import console, human_errors
     from spotray.cost.aws import client
     from spotray.cost.plan import make_plan
-    from spotray.cost.prices import load_on_demand, spot_price_history
+    from spotray.cost.prices import load_on_demand, spot_prices_now
 
     with human_errors():
         where = _region(region)
         if on_demand_price is None:
             on_demand_price = load_on_demand().price(instance_type, where)
         if spot_price is None:
-            now = datetime.now(timezone.utc)
-            ec2 = client("ec2", where)
-            history = spot_price_history(ec2, [instance_type], now - timedelta(seconds=1), now)
-            if not history:
+            by_az = spot_prices_now(client("ec2", where), [instance_type]).get(instance_type)
+            if not by_az:
                 raise SpotrayError(f"EC2 has no spot price for {instance_type} in {where}: give --spot-price")
-            latest: dict[str, float] = {p.az: p.price for p in history}
-            spot_price = min(latest.values())
+            spot_price = min(by_az.values())
         if (interruptions_per_hour is None) != (checkpoint_seconds is None):
             raise ConfigError("--interruptions-per-hour and --checkpoint-seconds go together")
         p = make_plan(

@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,15 @@ def spot_price_history(
         for page in pages
         for r in page["SpotPriceHistory"]
     )
+
+
+def spot_prices_now(ec2: Any, instance_types: list[str]) -> dict[str, dict[str, float]]:
+    """The spot price in force now, by instance type and AZ ({} for a type with none)."""
+    now = datetime.now(timezone.utc)
+    prices: dict[str, dict[str, float]] = {}
+    for p in spot_price_history(ec2, instance_types, now - timedelta(seconds=1), now):  # oldest first
+        prices.setdefault(p.instance_type, {})[p.az] = p.price
+    return prices
 
 
 @dataclass
