@@ -83,6 +83,7 @@ def timed_ddp_steps(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.optimizer, s))
     ids = [device.index] if device.type == "cuda" else None
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    amp = autocast(device, cfg.model.precision)
     batch = cfg.optimizer.global_batch_size
     order = BatchOrder(tokens.ids, model.cfg.block_size, batch, cfg.seed)
     t0 = 0.0
@@ -94,7 +95,7 @@ def timed_ddp_steps(
         for i, (x, y) in enumerate(micro):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with contextlib.nullcontext() if i == len(micro) - 1 else ddp.no_sync():
-                with autocast(device, cfg.model.precision):
+                with amp:
                     _, loss = ddp(x, y)
                 (loss * (len(x) * world / batch)).backward()
         torch.nn.utils.clip_grad_norm_(ddp.parameters(), cfg.optimizer.grad_clip)

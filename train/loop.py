@@ -78,7 +78,8 @@ class Progress:
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     """The forward pass's precision: bf16 autocast (fp32 weights and optimizer state) on GPUs
-    that have it when `auto`; fp32 on CPU, where bf16 is slower and resumes must be bit-exact."""
+    that have it when `auto`; fp32 on CPU, where bf16 is slower and resumes must be bit-exact.
+    Decided once per run: the context can be entered again after each exit (not nested)."""
     bf16 = precision == "bf16" or (
         precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
     )
@@ -203,6 +204,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     resume = decision.checkpoint
 
     ddp = ray.train.torch.prepare_model(model)
+    amp = autocast(device, cfg.model.precision)
     order = BatchOrder(tokens.ids, model.cfg.block_size, batch, cfg.seed)
     staging = Path(tempfile.gettempdir()) / "spotray-staging" / cfg.name / f"rank{rank}"
     writer = ckpt.CheckpointWriter(staging, rank)
@@ -259,7 +261,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             sync = i == len(micro) - 1 or not hasattr(ddp, "no_sync")
             with contextlib.nullcontext() if sync else ddp.no_sync():
-                with autocast(device, cfg.model.precision):
+                with amp:
                     _, loss = ddp(x, y)
                 # Scaled so that DDP's mean over ranks is the mean over the global batch,
                 # whatever the world size and however unevenly the batch divides.

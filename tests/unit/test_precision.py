@@ -26,3 +26,15 @@ def test_auto_is_fp32_on_cpu() -> None:
 
 def test_bf16_when_asked() -> None:
     assert logits_dtype("bf16") == torch.bfloat16
+
+
+def test_one_context_serves_every_micro_batch() -> None:
+    """The loop decides the precision once and enters the same context at every forward."""
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=256))
+    x = torch.randint(0, 256, (2, 16))
+    amp = autocast(torch.device("cpu"), "bf16")
+    for _ in range(3):
+        with amp:
+            logits, _ = model(x, x)
+        assert logits.dtype == torch.bfloat16
+        assert model(x, x)[0].dtype == torch.float32  # and it is off again outside
