@@ -62,6 +62,11 @@ def spotray_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def no_aws_env(**extra: str) -> dict[str, str]:
+    """spotray's environment with every AWS_* variable taken out: no credentials, no endpoint."""
+    return {k: v for k, v in spotray_env(**extra).items() if not k.startswith("AWS_")}
+
+
 def run_spotray(
     args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ import torch
 from moto.server import ThreadedMotoServer
 
 from spotray import checkpoint as ckpt
-from tests.conftest import TEST_CONFIG, free_port, run_spotray, write_config
+from tests.conftest import REPO, TEST_CONFIG, free_port, run_spotray, write_config
 
 STEPS = TEST_CONFIG["optimizer"]["steps"]
 BATCH = TEST_CONFIG["optimizer"]["global_batch_size"]
@@ -45,6 +45,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
     return workdir, result
 
 
+MOTO_ACCOUNT = "123456789012"
 FAKE_AWS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -82,3 +83,18 @@ def forget_ray_aws_clients() -> None:
     utils.client_cache.cache_clear()
     config._get_subnets_or_die.cache_clear()
     providers._provider_instances.clear()
+
+
+@pytest.fixture
+def cluster_yaml_on_moto(moto: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """cluster.yaml filled in for moto: its instance profiles exist, its AMI is one of moto's."""
+    import boto3
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # Ray writes the SSH key it creates under ~/.ssh
+    for profile in ("spotray-head", "spotray-checkpoints"):
+        boto3.client("iam").create_instance_profile(InstanceProfileName=profile)
+    image = boto3.client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    text = (REPO / "cluster.yaml").read_text().replace("YOUR-ACCOUNT", MOTO_ACCOUNT)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text.replace("latest_dlami", image))
+    return path

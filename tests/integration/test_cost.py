@@ -17,7 +17,7 @@ import boto3
 import pytest
 
 from spotray.cost.ledger import Ledger
-from tests.conftest import run_spotray, spotray_env
+from tests.conftest import no_aws_env, run_spotray
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ def test_cost_reads_ec2_into_a_ledger_that_outlives_the_process(moto: str, tmp_p
     # The ledger outlives the process and the cluster: terminate everything, take AWS away
     # (no endpoint, no credentials), and the bill is still there.
     ec2.terminate_instances(InstanceIds=[running])
-    bare = {k: v for k, v in spotray_env().items() if not k.startswith("AWS_")}
+    bare = no_aws_env()
     offline = cost(tmp_path, "--cluster", "c1", "--offline", "--csv", env=bare)
     assert offline.returncode == 0, offline.stderr
     rows_csv = list(csv.DictReader(io.StringIO(offline.stdout)))
@@ -89,7 +89,7 @@ def test_cost_reads_ec2_into_a_ledger_that_outlives_the_process(moto: str, tmp_p
 
 
 def test_cost_without_credentials_or_cluster_is_one_clear_line(moto: str, tmp_path: Path) -> None:
-    bare = {k: v for k, v in spotray_env().items() if not k.startswith("AWS_")}
+    bare = no_aws_env()
     bare["HOME"] = str(tmp_path)  # no ~/.aws either
     no_creds = cost(tmp_path, "--cluster", "c1", env=bare)
     assert no_creds.returncode == 1

@@ -19,31 +19,17 @@ from ray.autoscaler._private.util import prepare_config
 from ray.autoscaler.tags import TAG_RAY_NODE_KIND, TAG_RAY_NODE_NAME, TAG_RAY_USER_NODE_TYPE
 
 from spotray.cost.ledger import Ledger
-from tests.conftest import REPO, run_spotray, spotray_env
+from tests.conftest import no_aws_env, run_spotray, spotray_env
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def aws(moto: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """moto with what cluster.yaml refers to; returns a cluster.yaml filled in for it."""
-    monkeypatch.setenv("HOME", str(tmp_path))  # Ray writes the SSH key it creates under ~/.ssh
-    iam, ec2 = boto3.client("iam"), boto3.client("ec2")
-    for profile in ("spotray-head", "spotray-checkpoints"):
-        iam.create_instance_profile(InstanceProfileName=profile)
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    text = (REPO / "cluster.yaml").read_text().replace("YOUR-ACCOUNT", "123456789012")
-    path = tmp_path / "cluster.yaml"
-    path.write_text(text.replace("latest_dlami", image))
-    return path
 
 
 def spotray(tmp_path: Path, *args: str, **env: str):
     return run_spotray([*args], cwd=tmp_path, env=spotray_env(HOME=str(tmp_path), **env))
 
 
-def test_up_dry_run_prints_the_plan_and_its_price(aws: Path, tmp_path: Path) -> None:
-    result = spotray(tmp_path, "up", str(aws), "--dry-run", COLUMNS="120")
+def test_up_dry_run_prints_the_plan_and_its_price(cluster_yaml_on_moto: Path, tmp_path: Path) -> None:
+    result = spotray(tmp_path, "up", str(cluster_yaml_on_moto), "--dry-run", COLUMNS="120")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for name in ("head", "p3_8xlarge_spot", "g5_12xlarge_spot", "g4dn_12xlarge_spot", "p3_8xlarge_on_demand"):
@@ -61,8 +47,8 @@ def _one_line(result, code: int, text: str) -> None:
     assert len(lines) == 1 and text in lines[0], result.stderr
 
 
-def test_up_bad_input_is_one_clear_line(aws: Path, tmp_path: Path) -> None:
-    text = aws.read_text()
+def test_up_bad_input_is_one_clear_line(cluster_yaml_on_moto: Path, tmp_path: Path) -> None:
+    text = cluster_yaml_on_moto.read_text()
     wrong_type = tmp_path / "wrong-type.yaml"
     wrong_type.write_text(text.replace("InstanceType: g5.12xlarge", "InstanceType: g5.12xlarg"))
     _one_line(spotray(tmp_path, "up", str(wrong_type), "--dry-run"), 2, "unknown instance type 'g5.12xlarg'")
@@ -75,15 +61,17 @@ def test_up_bad_input_is_one_clear_line(aws: Path, tmp_path: Path) -> None:
     rejected.write_text(text.replace("upscaling_speed: 1.0", "upscaling_speed: fast"))
     _one_line(spotray(tmp_path, "up", str(rejected), "--dry-run"), 2, "Ray rejects it at upscaling_speed")
 
-    bare = {k: v for k, v in spotray_env(HOME=str(tmp_path)).items() if not k.startswith("AWS_")}
-    no_creds = run_spotray(["up", str(aws), "--dry-run"], cwd=tmp_path, env=bare)
+    bare = no_aws_env(HOME=str(tmp_path))
+    no_creds = run_spotray(["up", str(cluster_yaml_on_moto), "--dry-run"], cwd=tmp_path, env=bare)
     _one_line(no_creds, 1, "no AWS credentials found")
 
 
-def test_down_closes_the_ledger_then_terminates_every_node(aws: Path, tmp_path: Path) -> None:
-    config = yaml.safe_load(aws.read_text())
+def test_down_closes_the_ledger_then_terminates_every_node(
+    cluster_yaml_on_moto: Path, tmp_path: Path
+) -> None:
+    config = yaml.safe_load(cluster_yaml_on_moto.read_text())
     del config["docker"]  # Ray stops containers over SSH, which moto's instances do not answer
-    aws.write_text(yaml.safe_dump(config))
+    cluster_yaml_on_moto.write_text(yaml.safe_dump(config))
     booted = bootstrap_aws(prepare_config(config))
     provider = _get_node_provider(booted["provider"], booted["cluster_name"])
     for name in ("p3_8xlarge_spot", "p3_8xlarge_on_demand"):
@@ -91,7 +79,7 @@ def test_down_closes_the_ledger_then_terminates_every_node(aws: Path, tmp_path: 
         provider.create_node(booted["available_node_types"][name]["node_config"], tags, 1)
 
     ledger_path = tmp_path / "ledger.db"
-    result = spotray(tmp_path, "down", str(aws), "--yes", "--ledger", str(ledger_path))
+    result = spotray(tmp_path, "down", str(cluster_yaml_on_moto), "--yes", "--ledger", str(ledger_path))
     assert result.returncode == 0, result.stdout + result.stderr
     ec2 = boto3.client("ec2")
     states = [
@@ -107,7 +95,7 @@ def test_down_closes_the_ledger_then_terminates_every_node(aws: Path, tmp_path: 
     assert {(n.market, n.end_reason) for n in nodes} == {("spot", "torn down"), ("on-demand", "torn down")}
     assert all(n.end is not None for n in nodes)
     # The bill outlives the cluster, with no AWS at all.
-    bare = {k: v for k, v in spotray_env(HOME=str(tmp_path)).items() if not k.startswith("AWS_")}
+    bare = no_aws_env(HOME=str(tmp_path))
     args = ["cost", "--cluster", "spotray", "--offline", "--json", "--ledger", str(ledger_path)]
     bill = run_spotray(args, tmp_path, bare)
     assert bill.returncode == 0, bill.stderr
