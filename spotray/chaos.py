@@ -7,12 +7,14 @@ resource). A seeded schedule then takes nodes away during training:
 
 - announced: serve a spot notice on the node's IMDS, wait the lead time, kill the node
   (what AWS does, with the two minutes scaled down);
-- unannounced: kill the node (what a hardware fault or a missed notice does).
+- unannounced: kill the node (what a hardware fault or a missed notice does);
+- add: new nodes join (spot capacity is back), and an elastic job grows onto them.
 
 After each kill a replacement node joins (as the autoscaler would bring one), unless
-`replace` is off. Each event is reported: the step when the loop saw the notice, the last
-checkpoint before the kill, the step training had reached, the step it resumed from, the
-steps lost, and the seconds from the kill to the first resumed step.
+`replace` is off; then the job shrinks, or, with no node left, waits for an `add`. Each
+event is reported: the step when the loop saw the notice, the last checkpoint before the
+kill, the step training had reached, the step it resumed from, the steps lost, and the
+seconds from the kill (or the added nodes) to the first step of the new worker group.
 """
 
 from __future__ import annotations
@@ -37,14 +39,22 @@ SPOT_RESOURCE = "spot_node"
 WATCH_INTERVAL_S = 0.5
 
 
+KINDS = ("announced", "unannounced", "add")
+
+
 @dataclass(frozen=True)
 class ChaosEvent:
-    """Take `nodes` nodes away once training reaches `at_step`."""
+    """Take `nodes` nodes away (or add them) once training reaches `at_step`."""
 
     at_step: int
     announced: bool
     nodes: int = 1
     lead_s: float = 10.0  # announced: notice to kill
+    add: bool = False  # nodes join instead of going
+
+    @property
+    def kind(self) -> str:
+        return "add" if self.add else "announced" if self.announced else "unannounced"
 
 
 def make_schedule(
@@ -63,7 +73,7 @@ def make_schedule(
 
 
 def parse_event(text: str, lead_s: float) -> ChaosEvent:
-    """`STEP[:announced|unannounced[:NODES]]`, as `spotray chaos --event` takes it."""
+    """`STEP[:announced|unannounced|add[:NODES]]`, as `spotray chaos --event` takes it."""
     from spotray.errors import ConfigError
 
     parts = text.split(":")
@@ -71,11 +81,11 @@ def parse_event(text: str, lead_s: float) -> ChaosEvent:
         step = int(parts[0])
         kind = parts[1] if len(parts) > 1 else "announced"
         nodes = int(parts[2]) if len(parts) > 2 else 1
-        if kind not in ("announced", "unannounced") or step < 1 or nodes < 1 or len(parts) > 3:
+        if kind not in KINDS or step < 1 or nodes < 1 or len(parts) > 3:
             raise ValueError
     except ValueError:
-        raise ConfigError(f"--event {text!r}: expected STEP[:announced|unannounced[:NODES]]") from None
-    return ChaosEvent(step, kind == "announced", nodes, lead_s)
+        raise ConfigError(f"--event {text!r}: expected STEP[:{'|'.join(KINDS)}[:NODES]]") from None
+    return ChaosEvent(step, kind == "announced", nodes, lead_s, add=kind == "add")
 
 
 @dataclass
@@ -171,9 +181,11 @@ class EventReport:
     checkpoint_before_kill: int | None = None  # newest checkpoint handed to Ray before the kill
     step_at_kill: int | None = None  # the furthest step trained before the kill
     resumed_step: int | None = None
-    kill_to_resume_s: float | None = None  # kill to the first step after it
+    kill_to_resume_s: float | None = None  # kill (add: nodes joined) to the new group's first step
+    workers_after: int | None = None  # the new worker group's size
     notice_to_checkpoint_s: float | None = None  # notice served to a checkpoint handed to Ray
     writing_at_notice: bool | None = None  # a checkpoint was still being written when it came
+    kill_time: float | None = None
 
     @property
     def steps_lost(self) -> int | None:
@@ -226,10 +238,27 @@ def run_schedule(
 ) -> list[EventReport]:
     """Carry out `schedule` against a running job; returns one report per event."""
     rng = random.Random(seed + 1)
-    reports = []
+    reports: list[EventReport] = []
+    waiting: EventReport | None = None  # a kill that left no node: the job waits for an add
     for event in schedule:
         report = EventReport(event)
-        timeline.wait(lambda e=event: timeline.step() >= e.at_step, timeout_s, f"step {event.at_step}")
+        if waiting is None:
+            timeline.wait(lambda e=event: timeline.step() >= e.at_step, timeout_s, f"step {event.at_step}")
+        if event.add:
+            timeline.refresh()
+            size = 0 if waiting else timeline.last("start")["world_size"]
+            added_at = time.time()
+            report.nodes = [cluster.add_node().node_id for _ in range(event.nodes)]
+            # A waiting job starts on them; a running one grows at Ray's next resize check.
+            _follow_restart(
+                timeline, report, added_at, timeout_s, lambda e, size=size: e["world_size"] > size
+            )
+            if waiting is not None:
+                waiting.resumed_step, waiting.workers_after = report.resumed_step, report.workers_after
+                waiting.kill_to_resume_s = report.kill_to_resume_s + (added_at - waiting.kill_time)
+                waiting = None
+            reports.append(report)
+            continue
         busy = cluster.nodes_with_workers()
         victims = rng.sample(busy, min(event.nodes, len(busy)))
         report.nodes = [v.node_id for v in victims]
@@ -255,18 +284,35 @@ def run_schedule(
         if replace:
             for _ in victims:
                 cluster.add_node()
-        timeline.wait(lambda t=kill_time: timeline.last("start", after=t) is not None, timeout_s, "a restart")
-        start = timeline.last("start", after=kill_time)
-        report.resumed_step = start["step"]
-        timeline.wait(
-            lambda s=start: any(t >= s["time"] and step > s["step"] for t, step in timeline.steps),
-            timeout_s,
-            "the first resumed step",
-        )
-        first = next(t for t, step in timeline.steps if t >= start["time"] and step > start["step"])
-        report.kill_to_resume_s = first - kill_time
         reports.append(report)
+        if not cluster.nodes:  # nothing to run on: the job waits for the next `add`
+            report.kill_time, waiting = kill_time, report
+            continue
+        _follow_restart(timeline, report, kill_time, timeout_s, lambda e: True)
+    if waiting is not None:
+        raise RuntimeError("chaos: the schedule took every node and never added one back")
     return reports
+
+
+def _follow_restart(
+    timeline: Timeline, report: EventReport, since: float, timeout_s: float, wanted: Any
+) -> None:
+    """Wait for the worker group that starts after `since` (and that `wanted` accepts) to train
+    its first step; record where it resumed, its size and how long it took."""
+    timeline.wait(
+        lambda: any(e["kind"] == "start" and e["time"] >= since and wanted(e) for e in timeline.events),
+        timeout_s,
+        "a new worker group",
+    )
+    start = next(e for e in timeline.events if e["kind"] == "start" and e["time"] >= since and wanted(e))
+    report.resumed_step, report.workers_after = start["step"], start["world_size"]
+    timeline.wait(
+        lambda: any(t >= start["time"] and step > start["step"] for t, step in timeline.steps),
+        timeout_s,
+        "the new group's first step",
+    )
+    first = next(t for t, step in timeline.steps if t >= start["time"] and step > start["step"])
+    report.kill_to_resume_s = first - since
 
 
 def chaos_config(cfg: Any) -> Any:
@@ -287,6 +333,7 @@ def run_chaos(
     console: Any,
     ray_alone: bool = False,
     slow_storage_s: float = 0.0,
+    slow_step_s: float = 0.0,
 ) -> list[EventReport]:
     """Start the local spot cluster, train under the schedule, print the report."""
     import json
@@ -300,11 +347,14 @@ def run_chaos(
 
     cfg = chaos_config(cfg)
     console.print(
-        f"chaos: {nodes} spot nodes, {len(schedule)} preemption(s): "
-        + ", ".join(f"step {e.at_step} {'announced' if e.announced else 'unannounced'}" for e in schedule)
+        f"chaos: {nodes} spot nodes, {len(schedule)} event(s): "
+        + ", ".join(f"step {e.at_step} {e.kind}" + (f" x{e.nodes}" if e.nodes > 1 else "") for e in schedule)
     )
-    if slow_storage_s:  # the nodes' workers inherit it from the raylets started below
+    # The nodes' workers inherit these from the raylets started below.
+    if slow_storage_s:
         os.environ[checkpoint.SLOW_WRITE_ENV] = str(slow_storage_s)
+    if slow_step_s:
+        os.environ[checkpoint.SLOW_STEP_ENV] = str(slow_step_s)
     cluster = LocalSpotCluster(nodes, cpus_per_node=cfg.scaling.cpus_per_worker, ray_alone=ray_alone)
     try:
         ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
@@ -362,17 +412,18 @@ def run_chaos(
     )
     console.print(
         f"{'event':<22}{'notice@':>8}{'ckpt':>6}{'kill@':>7}{'resumed':>9}{'lost':>6}"
-        f"{'notice->ckpt':>14}{'kill->step':>12}",
+        f"{'notice->ckpt':>14}{'->step':>8}{'workers':>8}",
         soft_wrap=True,
     )
     for r in reports:
-        kind = f"step {r.event.at_step} {'announced' if r.event.announced else 'unannounced'}"
+        kind = f"step {r.event.at_step} {r.event.kind}" + (f" x{r.event.nodes}" if r.event.nodes > 1 else "")
         cells = [r.step_at_notice, r.checkpoint_before_kill, r.step_at_kill, r.resumed_step, r.steps_lost]
         text = [str(c) if c is not None else "-" for c in cells]
         saved = f"{r.notice_to_checkpoint_s:.1f} s" if r.notice_to_checkpoint_s is not None else "-"
         took = f"{r.kill_to_resume_s:.1f} s" if r.kill_to_resume_s is not None else "-"
         console.print(
-            f"{kind:<22}{text[0]:>8}{text[1]:>6}{text[2]:>7}{text[3]:>9}{text[4]:>6}{saved:>14}{took:>12}",
+            f"{kind:<22}{text[0]:>8}{text[1]:>6}{text[2]:>7}{text[3]:>9}{text[4]:>6}{saved:>14}{took:>8}"
+            f"{r.workers_after if r.workers_after is not None else '-':>8}",
             soft_wrap=True,
         )
     return reports

@@ -81,7 +81,8 @@ def train(
         typer.Option(
             "--address",
             envvar="SPOTRAY_ADDRESS",
-            help="Ray dashboard address (http://HOST:8265, or 'auto'): submit as a Ray Job and stream "
+            help="Ray dashboard address (http://HOST:8265, 'auto', or 'local' for `spotray up --local`'s): "
+            "submit as a Ray Job and stream "
             "its logs. Without it, Ray starts in this process.",
         ),
     ] = None,
@@ -238,6 +239,15 @@ def chaos(
             "so that notices arrive while a checkpoint is being written.",
         ),
     ] = 0.0,
+    slow_step: Annotated[
+        float,
+        typer.Option(
+            "--slow-step-s",
+            min=0.0,
+            help="Make every step take at least this many seconds (a bigger model), so that "
+            "nodes added mid-run find the job still training.",
+        ),
+    ] = 0.0,
 ) -> None:
     """Train CONFIG on a local multi-node Ray cluster while spot preemptions happen to it.
 
@@ -250,6 +260,8 @@ def chaos(
       spotray chaos train/configs/local.yaml --nodes 3 --events 3 --seed 1
 
       spotray chaos train/configs/local.yaml --event 60:announced --event 150:unannounced
+
+      spotray chaos CONFIG --no-replace --event 40:unannounced --event 80:announced --event 80:add:2
     """
     with human_errors():
         from spotray.chaos import make_schedule, parse_event, run_chaos
@@ -262,7 +274,7 @@ def chaos(
             schedule = [parse_event(text, lead) for text in event]
         else:
             schedule = make_schedule(seed, cfg.optimizer.steps, events, announced, lead)
-        run_chaos(cfg, nodes, schedule, seed, replace, report, console, ray_alone, slow_storage)
+        run_chaos(cfg, nodes, schedule, seed, replace, report, console, ray_alone, slow_storage, slow_step)
 
 
 def print_summary(summary: object) -> None:
@@ -287,9 +299,25 @@ def print_summary(summary: object) -> None:
         console.print(summary.sample, markup=False, highlight=False)
 
 
+ClusterYaml = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Ray cluster launcher config (default cluster.yaml, or cluster.local.yaml with --local)."
+    ),
+]
+LocalOption = Annotated[
+    bool, typer.Option("--local", help="The local cluster of fake nodes (cluster.local.yaml), not AWS.")
+]
+
+
+def _cluster_yaml(path: Path | None, local: bool) -> Path:
+    return path or Path("cluster.local.yaml" if local else "cluster.yaml")
+
+
 @app.command()
 def up(
-    cluster_yaml: Annotated[Path, typer.Argument(help="Ray cluster launcher config.")] = Path("cluster.yaml"),
+    cluster_yaml: ClusterYaml = None,
+    local: LocalOption = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check and print the plan; launch nothing.")
     ] = False,
@@ -305,12 +333,22 @@ def up(
     type's market and its on-demand and current spot prices, and the most the cluster can
     cost per hour. Then Ray's cluster launcher brings it up and the cost ledger records it.
 
+    With --local: a head on this machine running Ray's real autoscaler over
+    cluster.local.yaml's fake node types; jobs that ask for workers make it add nodes.
+
     [b]Examples:[/b]
 
       spotray up cluster.yaml --dry-run
 
       spotray up cluster.yaml --yes
+
+      spotray up --local        # then: spotray train train/configs/local-cluster.yaml --address local
     """
+    cluster_yaml = _cluster_yaml(cluster_yaml, local)
+    if local:
+        with human_errors():
+            _up_local(cluster_yaml, ledger_path)
+        return
     with human_errors():
         from rich import box
         from rich.table import Table
@@ -352,7 +390,8 @@ def up(
 
 @app.command()
 def down(
-    cluster_yaml: Annotated[Path, typer.Argument(help="Ray cluster launcher config.")] = Path("cluster.yaml"),
+    cluster_yaml: ClusterYaml = None,
+    local: LocalOption = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before tearing down.")] = False,
     ledger_path: Annotated[
         Path | None, typer.Option("--ledger", envvar="SPOTRAY_LEDGER", help="Cost ledger file.")
@@ -362,11 +401,19 @@ def down(
 
     The ledger is finalized first (every node still running is recorded as torn down now), so
     the bill is complete even if the teardown is interrupted; it stays after the cluster.
+    With --local: stops the local cluster's processes, and only those (never `ray stop`).
 
-    [b]Example:[/b]
+    [b]Examples:[/b]
 
       spotray down cluster.yaml --yes
+
+      spotray down --local
     """
+    if local:
+        with human_errors():
+            _down_local(cluster_yaml, ledger_path)
+        return
+    cluster_yaml = _cluster_yaml(cluster_yaml, local)
     with human_errors():
         from spotray import cluster
         from spotray.cost.aws import client
@@ -386,6 +433,177 @@ def down(
             ledger.sync_ec2(ec2, name)  # what ended before: preempted, scaled in
         console.print(f"[green]down[/]: {name}; {closed} node(s) closed in the ledger ({ledger.path})")
         console.print(f"the bill stays: spotray cost --cluster {name} --offline")
+
+
+@app.command()
+def status(
+    cluster_yaml: ClusterYaml = None,
+    local: LocalOption = False,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", help="GCS address (HOST:PORT, or auto on a cluster node) to read directly."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    ledger_path: Annotated[
+        Path | None, typer.Option("--ledger", envvar="SPOTRAY_LEDGER", help="Cost ledger file.")
+    ] = None,
+) -> None:
+    """The cluster now: nodes (type, market, AZ, uptime, $/h, draining), its runs (step, last
+    checkpoint, restarts, steps lost), preemptions and cost so far.
+
+    Without arguments: the local cluster of `spotray up --local`. With CLUSTER_YAML: runs
+    `spotray status` on that cluster's head (Ray's `ray exec`, over SSH).
+
+    [b]Examples:[/b]
+
+      spotray status                      # the local cluster
+
+      spotray status cluster.yaml         # an AWS cluster, read on its head
+
+      spotray status --address auto --json
+    """
+    with human_errors():
+        if cluster_yaml is not None and not local and address is None:
+            raise typer.Exit(
+                _on_head(cluster_yaml, "spotray status --address auto" + (" --json" if as_json else ""))
+            )
+        from spotray.jobs import use_token_auth_if_available
+
+        use_token_auth_if_available()  # before Ray is imported
+        import json
+
+        from spotray.cost.ledger import Ledger, current_cluster
+        from spotray.status import read_status, render
+
+        if address is None:
+            from spotray.local import load_state
+
+            found = load_state(_local_name(cluster_yaml))
+            address, name = found.gcs_address, found.name
+        else:
+            address, name = _gcs_address(address), current_cluster()
+        with Ledger(ledger_path) as ledger:
+            try:
+                now = read_status(address, name, ledger)
+            except Exception as err:  # GCS down or unreachable: Ray raises several kinds
+                raise SpotrayError(
+                    f"cannot read the cluster at {address}: {str(err).splitlines()[0]}"
+                ) from None
+        if as_json:
+            print(json.dumps(now.as_dict(), indent=2))
+        else:
+            render(now, console)
+
+
+@app.command()
+def dashboard(
+    cluster_yaml: ClusterYaml = None,
+    local: LocalOption = False,
+    port: Annotated[int, typer.Option("--port", help="Local port for the forwarded dashboard.")] = 8265,
+) -> None:
+    """Where to open the Ray dashboard (spotray's gauges are in its Metrics view).
+
+    Local cluster: prints its URL. AWS cluster: forwards the head's dashboard, which listens
+    on the head only, to localhost:PORT over SSH (Ray's `ray dashboard`) until Ctrl-C.
+
+    [b]Examples:[/b]
+
+      spotray dashboard                 # the local cluster's URL
+
+      spotray dashboard cluster.yaml    # then open http://127.0.0.1:8265
+    """
+    with human_errors():
+        if cluster_yaml is None or local:
+            from spotray.local import load_state
+
+            found = load_state(_local_name(cluster_yaml))
+            console.print(f"{found.dashboard_url}   (metrics: {found.metrics_url})", highlight=False)
+            return
+        console.print(f"forwarding {cluster_yaml}'s dashboard to http://127.0.0.1:{port} (Ctrl-C stops)")
+        raise typer.Exit(_run_ray(["dashboard", str(cluster_yaml), "--port", str(port)]))
+
+
+def _local_name(cluster_yaml: Path | None) -> str | None:
+    import yaml
+
+    if cluster_yaml is None:
+        return None
+    if not cluster_yaml.is_file():
+        raise ConfigError(f"{cluster_yaml}: no such file")
+    return yaml.safe_load(cluster_yaml.read_text())["cluster_name"]
+
+
+def _gcs_address(address: str) -> str:
+    if address != "auto":
+        return address
+    from ray._private.services import canonicalize_bootstrap_address
+
+    found = canonicalize_bootstrap_address("auto")
+    if not found:
+        raise SpotrayError("no Ray cluster runs on this machine (--address auto found none)")
+    return found
+
+
+def _run_ray(args: list[str]) -> int:
+    """Ray's own CLI, from this environment (it owns SSH and the port-forward)."""
+    import subprocess
+
+    ray = Path(sys.executable).with_name("ray")
+    return subprocess.call([str(ray) if ray.exists() else "ray", *args])
+
+
+def _on_head(cluster_yaml: Path, command: str) -> int:
+    if not cluster_yaml.is_file():
+        raise ConfigError(f"{cluster_yaml}: no such file")
+    return _run_ray(["exec", str(cluster_yaml), command])
+
+
+def _up_local(cluster_yaml: Path, ledger_path: Path | None) -> None:
+    from spotray.cost.ledger import Ledger
+    from spotray.cost.live import default_region
+    from spotray.local import up_local
+
+    if not cluster_yaml.is_file():
+        raise ConfigError(f"{cluster_yaml}: no such file")
+    with console.status("starting the head and the autoscaler..."):
+        cluster = up_local(cluster_yaml)
+    with Ledger(ledger_path) as ledger:
+        ledger.add_cluster(cluster.name, default_region(), cluster.started)
+    console.print(f"[green]up[/]: {cluster.name}, on this machine (fake nodes, added as jobs ask for them)")
+    for key, value in (
+        ("dashboard", cluster.dashboard_url),
+        ("ray address", cluster.gcs_address),
+        ("metrics", cluster.metrics_url),
+    ):
+        console.print(f"  {key:<12}{value}", highlight=False)
+    console.print("train on it:  spotray train train/configs/local-cluster.yaml --address local")
+    console.print("look at it:   spotray status --local      stop it: spotray down --local")
+
+
+def _down_local(cluster_yaml: Path | None, ledger_path: Path | None) -> None:
+    import yaml
+
+    from spotray.jobs import use_token_auth_if_available
+
+    use_token_auth_if_available()  # before Ray is imported
+    from spotray.cost.ledger import Ledger
+    from spotray.local import down_local, load_state
+
+    name = yaml.safe_load(cluster_yaml.read_text())["cluster_name"] if cluster_yaml else None
+    cluster = load_state(name)
+    with Ledger(ledger_path) as ledger:
+        try:  # the nodes Ray knew, into the ledger before they go
+            from spotray.status import read_status
+
+            read_status(cluster.gcs_address, cluster.name, ledger)
+        except Exception as err:  # a cluster half gone is still to be stopped
+            err_console.print(f"[yellow]warning:[/] nodes not read from Ray: {str(err).splitlines()[0]}")
+        closed = ledger.finalize(cluster.name)
+    with console.status(f"stopping {cluster.name}..."):
+        stopped = down_local(cluster)
+    console.print(f"[green]down[/]: {cluster.name}; {stopped} process(es) stopped, {closed} node(s) closed")
 
 
 from spotray.cost import cli as cost_cli  # noqa: E402  (its commands use this module's helpers)

@@ -133,6 +133,12 @@ class ScalingSection(Section):
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="extra Ray resources per worker, e.g. {spot_slot: 1}"
     )
+    resize_check_s: float = Field(
+        60.0,
+        gt=0,
+        description="elastic jobs: how often Ray Train looks for room to grow "
+        "(ScalingConfig.elastic_resize_monitor_interval_s); each growth costs one restart",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> ScalingSection:

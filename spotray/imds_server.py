@@ -4,7 +4,8 @@ moto has no spot notices (it answers 500 on `spot/instance-action`), so tests an
 `spotray chaos` run one of these per simulated node, each on its own 127.0.0.1 port, and
 point `spotray watch --imds-url` at it. It speaks the parts of the protocol the watcher uses:
 tokens (PUT, TTL header, 401 on a missing or unknown token), `spot/instance-action`,
-`events/recommendations/rebalance` and `instance-id`, each 404 until set.
+`events/recommendations/rebalance` (each 404 until set), `instance-id` and
+`placement/availability-zone`.
 
 State is set in-process (`serve_notice`, `serve_rebalance`, `forget_tokens`, `serve_garbage`)
 or, from another process, over HTTP: `PUT /spotray/instance-action` and
@@ -30,6 +31,8 @@ from spotray.imds import (
     TTL_HEADER,
 )
 
+ZONE_PATH = "/latest/meta-data/placement/availability-zone"  # read by cluster.yaml's `ray start`
+
 MAX_TTL_S = 21600
 
 
@@ -40,11 +43,13 @@ def iso(t: datetime) -> str:
 class FakeIMDS:
     """One simulated instance's metadata service on 127.0.0.1."""
 
-    def __init__(self, instance_id: str = "i-0spotray000000000", port: int = 0) -> None:
+    def __init__(
+        self, instance_id: str = "i-0spotray000000000", port: int = 0, zone: str = "us-east-1a"
+    ) -> None:
         self.instance_id = instance_id
         self._lock = threading.Lock()
         self._tokens: dict[str, float] = {}  # token -> expiry (monotonic)
-        self._bodies: dict[str, str] = {INSTANCE_ID_PATH: instance_id}
+        self._bodies: dict[str, str] = {INSTANCE_ID_PATH: instance_id, ZONE_PATH: zone}
         self.requests: dict[str, int] = {}  # path -> count, for tests
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True

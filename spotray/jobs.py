@@ -13,6 +13,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from rich.console import Console
@@ -25,10 +26,16 @@ STOP_STEP_ENV = "SPOTRAY_JOB_STOP_STEP"
 FRESH_ENV = "SPOTRAY_JOB_FRESH"
 PACKAGES = [Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent / "train"]
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+AGENT_WAIT_S = 60.0
 
 
 def dashboard_url(address: str) -> str:
-    """`auto` (this machine's running cluster), `HOST:PORT` or an http(s) URL."""
+    """`auto` (this machine's running cluster), `local` (`spotray up --local`'s), `HOST:PORT`
+    or an http(s) URL."""
+    if address == "local":
+        from spotray.local import load_state
+
+        return load_state().dashboard_url
     if address == "auto":
         return (
             os.environ.get("RAY_API_SERVER_ADDRESS")
@@ -76,7 +83,8 @@ def submit(cfg: JobConfig, address: str, steps: int | None, fresh: bool, console
     env = {CONFIG_ENV: cfg.model_dump_json(), FRESH_ENV: "1" if fresh else "0"}
     if steps:
         env[STOP_STEP_ENV] = str(steps)
-    job_id = client.submit_job(
+    job_id = _submit(
+        client,
         entrypoint="python -m spotray.job",
         submission_id=f"spotray-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         runtime_env={"py_modules": [str(p) for p in PACKAGES], "env_vars": env},
@@ -99,3 +107,16 @@ def submit(cfg: JobConfig, address: str, steps: int | None, fresh: bool, console
         console.print(f"[red]job {job_id} {status.value.lower()}[/]: {info.message or ''}".rstrip(": "))
         return 1
     return 0
+
+
+def _submit(client: Any, **job: Any) -> str:
+    """Submit, waiting out a head that is still starting: its job agent comes up seconds
+    after the dashboard answers ("No available agent to submit job")."""
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)

@@ -71,16 +71,39 @@ class RunState:
     notices: int = 0
     last_checkpoint: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    started_at: float | None = None  # the first start event's time
+    steps_lost: int = 0  # steps trained, then redone after a restart
+    lost_s: float = 0.0  # per restart: from the checkpoint it resumed from to the restart
+    _checkpoint_times: dict[int, float] = field(default_factory=dict)
+    _last_start: float = 0.0
 
     @property
     def restarts(self) -> int:
         return max(0, self.starts - 1)
+
+    def goodput(self, now: float | None = None) -> float:
+        """The share of the run's time whose work survived (the bill's definition, per run)."""
+        if self.started_at is None:
+            return 0.0
+        elapsed = (now if now is not None else time.time()) - self.started_at
+        return max(0.0, 1 - self.lost_s / elapsed) if elapsed > 0 else 1.0
+
+    def _restarted(self, e: dict[str, Any]) -> None:
+        self.steps_lost += max(0, self.step - e["step"])
+        # A checkpoint from before this driver started: count from the previous start.
+        saved_at = self._checkpoint_times.get(e["step"], self._last_start)
+        self.lost_s += max(0.0, e["time"] - saved_at)
 
     def fold(self, latest: dict[str, Any] | None, events: list[dict[str, Any]]) -> list[str]:
         """Take in new events; returns lines worth printing."""
         lines = []
         for e in events:
             if e["kind"] == "start":
+                if self.starts:
+                    self._restarted(e)
+                else:
+                    self.started_at = e["time"]
+                self._last_start = e["time"]
                 self.starts += 1
                 self.world_size = e["world_size"]
                 if self.first_step is None:
@@ -93,6 +116,7 @@ class RunState:
                 lines.append(f"{verb} {where} on {e['world_size']} worker(s)")
             elif e["kind"] == "checkpoint":
                 self.last_checkpoint = e
+                self._checkpoint_times[e["step"]] = e["time"]
             elif e["kind"] == "notice":
                 left = (e["deadline_ms"] / 1000 - e["time"]) if e.get("deadline_ms") else None
                 when = f", deadline in {left:.0f} s" if left is not None else ""

@@ -20,7 +20,9 @@ spotray fixes the two stale views where they live, with settings and APIs Ray of
   seconds at most) until the GCS has marked a node dead, then asks the coordinator to
   recompute its view (`get_reserved_resources(recompute=True)`, the coordinator's own
   API for callers that must not trust a stale tick), so the policy's next decision sees
-  the nodes that exist.
+  the nodes that exist. The same on the way up: at a report (a checkpoint) that finds
+  nodes that were not there at the last one, so the resize check
+  (`scaling.resize_check_s`) sees new capacity without waiting out the 20 s tick.
 
 The start timeout is left alone: lowering it would also cut short legitimate slow starts
 (cold GPU nodes), and a timed-out start is retried for ever.
@@ -55,21 +57,31 @@ class FreshClusterView(UserCallback):
         self._known: set[str] | None = None
 
     def after_report(self, run_context: Any, metrics: Any, checkpoint: Any) -> None:
-        self._known = alive_nodes()  # the nodes of a healthy, running job
+        now = alive_nodes()  # the nodes of a healthy, running job
+        if self._known is not None and now - self._known:  # capacity came back: let it be seen
+            _refresh_coordinator()
+        self._known = now
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
-        import ray
 
         known = self._known or alive_nodes()
         deadline = time.monotonic() + WAIT_FOR_DEATH_S
         while not (known - alive_nodes()) and time.monotonic() < deadline:
             time.sleep(0.25)
         lost = known - alive_nodes()
-        try:
-            coordinator = ray.get_actor(*COORDINATOR)
-            ray.get(coordinator.get_reserved_resources.remote("spotray", recompute=True), timeout=10)
-        except (ValueError, ray.exceptions.RayError) as err:  # no coordinator: not an elastic job
-            logger.debug("no autoscaling coordinator to refresh: %s", err)
-            return
-        self._known = alive_nodes()
-        logger.info("refreshed the cluster view after a failure; nodes lost: %s", sorted(lost) or "none")
+        if _refresh_coordinator():
+            self._known = alive_nodes()
+            logger.info("refreshed the cluster view after a failure; nodes lost: %s", sorted(lost) or "none")
+
+
+def _refresh_coordinator() -> bool:
+    """Make the coordinator re-read the node table now; False where there is none."""
+    import ray
+
+    try:
+        coordinator = ray.get_actor(*COORDINATOR)
+        ray.get(coordinator.get_reserved_resources.remote("spotray", recompute=True), timeout=10)
+    except (ValueError, ray.exceptions.RayError) as err:  # no coordinator: not an elastic job
+        logger.debug("no autoscaling coordinator to refresh: %s", err)
+        return False
+    return True

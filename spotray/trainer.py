@@ -22,8 +22,9 @@ from rich.console import Console
 
 from spotray import checkpoint as ckpt
 from spotray.config import JobConfig
-from spotray.cost.ledger import RunRecorder
+from spotray.cost.ledger import RunRecorder, current_cluster
 from spotray.errors import CheckpointMismatchError, SpotrayError
+from spotray.metrics import RunMetrics
 from spotray.progress import ProgressView, RunState, start_hub
 from spotray.storage import Location, resolve, run_location
 from spotray.watch import read_notices
@@ -152,7 +153,11 @@ def build_trainer(
     resources = {"CPU": s.cpus_per_worker, **s.resources_per_worker}
     if s.use_gpu:
         resources["GPU"] = 1
-    workers = s.min_workers if s.min_workers == s.max_workers else (s.min_workers, s.max_workers)
+    elastic = s.min_workers != s.max_workers
+    workers = (s.min_workers, s.max_workers) if elastic else s.min_workers
+    grow_check = (
+        {"elastic_resize_monitor_interval_s": s.resize_check_s} if elastic and not ray_defaults else {}
+    )
     storage_root = resolve(cfg.checkpoint.storage_path, cfg.s3)
     return TorchTrainer(
         train_loop_per_worker,
@@ -163,14 +168,16 @@ def build_trainer(
             "hub": hub,
             "progress_every_s": progress_every_s,
         },
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=s.use_gpu, resources_per_worker=resources, **grow_check
+        ),
         run_config=RunConfig(
             name=cfg.name,
             storage_path=storage_root.path,
             storage_filesystem=storage_root.fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
             # Elastic jobs re-size from the cluster view; keep it true after a loss (spotray.recovery).
-            callbacks=[FreshClusterView()] if s.min_workers != s.max_workers and not ray_defaults else [],
+            callbacks=[FreshClusterView()] if elastic and not ray_defaults else [],
             failure_config=FailureConfig(
                 max_failures=cfg.failure.max_failures,
                 max_preemption_failures=cfg.failure.max_preemption_failures,
@@ -233,8 +240,10 @@ def train(
     with ProgressView(state, console) as view:
         # Starts, checkpoints and the watchers' notices, for the bill's lost work.
         gcs = ray.get_runtime_context().gcs_address
-        recorder = RunRecorder(cfg.name, notices=lambda: read_notices(gcs))
-        followers = [view.update, recorder, *([observer] if observer else [])]
+        cluster = current_cluster()
+        recorder = RunRecorder(cfg.name, cluster, notices=lambda: read_notices(gcs))
+        metrics = RunMetrics(cfg.name, cluster, gcs, state)
+        followers = [view.update, recorder, metrics, *([observer] if observer else [])]
 
         def poll() -> None:
             seen = 0
@@ -247,6 +256,7 @@ def train(
                 if finished:
                     break
                 done.wait(POLL_S)
+            metrics.finish()
             recorder.close()  # in this thread: SQLite connections belong to the thread that made them
 
         poller = threading.Thread(target=poll, name="spotray-progress", daemon=True)

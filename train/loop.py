@@ -251,6 +251,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 }
             )
 
+    slow_step_s = float(os.environ.get(ckpt.SLOW_STEP_ENV) or 0)
     while progress.step < stop_step:
         t0 = time.perf_counter()
         step = progress.step + 1
@@ -318,6 +319,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if slow_step_s:
+            time.sleep(max(0.0, slow_step_s - (time.perf_counter() - t0)))
 
         dt = time.perf_counter() - t0
         step_s = dt if step_s == 0 else 0.9 * step_s + 0.1 * dt

@@ -60,6 +60,19 @@ def default_path() -> Path:
     return Path(os.environ.get("SPOTRAY_LEDGER") or spotray_home() / "ledger.db")
 
 
+def current_cluster() -> str:
+    """The cluster this process runs on: `SPOTRAY_CLUSTER` (set by `spotray up --local`), else
+    the name in the config Ray's launcher leaves on an AWS head, else `local`."""
+    if os.environ.get("SPOTRAY_CLUSTER"):
+        return os.environ["SPOTRAY_CLUSTER"]
+    bootstrap = Path.home() / "ray_bootstrap_config.yaml"
+    if bootstrap.exists():
+        import yaml
+
+        return str(yaml.safe_load(bootstrap.read_text()).get("cluster_name", "local"))
+    return "local"
+
+
 @dataclass(frozen=True)
 class Node:
     instance_id: str
@@ -265,7 +278,7 @@ class RunRecorder:
         notices: Callable[[], list[NoticeRecord]] | None = None,
     ) -> None:
         self.run = run
-        self.cluster = cluster if cluster is not None else os.environ.get("SPOTRAY_CLUSTER")
+        self.cluster = cluster if cluster is not None else current_cluster()
         self.path = path
         self.notices = notices  # the watchers' records on the cluster, read when the loop saw one
         self._ledger: Ledger | None = None

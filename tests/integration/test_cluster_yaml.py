@@ -3,6 +3,7 @@ launching cluster.yaml's worker types on EC2 in moto's server mode (127.0.0.1)."
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import boto3
@@ -18,6 +19,7 @@ from ray.autoscaler._private.util import (
 )
 from ray.autoscaler.tags import TAG_RAY_NODE_KIND, TAG_RAY_NODE_NAME, TAG_RAY_USER_NODE_TYPE
 
+from spotray.imds_server import FakeIMDS
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -54,6 +56,17 @@ def test_ray_accepts_cluster_yaml_and_fills_its_defaults() -> None:
     assert any("spotray watch" in c for c in config["worker_start_ray_commands"])
     head_start = " ".join(config["head_start_ray_commands"])
     assert "health_check_failure_threshold" in head_start and "--dashboard-host=127.0.0.1" in head_start
+
+
+def test_worker_start_labels_the_node_with_its_zone_from_imdsv2() -> None:
+    """The worker's `ray start` line, run by bash against a loopback IMDS: Ray gets the AZ."""
+    command = next(c for c in load("cluster.yaml")["worker_start_ray_commands"] if "ray start" in c)
+    with FakeIMDS(zone="eu-west-1b") as imds:
+        command = command.replace("http://169.254.169.254", imds.url)
+        command = command[: command.index("ray start")] + 'echo "$RAY_NODE_ZONE $RAY_NODE_REGION"'
+        out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True).stdout
+        assert out.split() == ["eu-west-1b", "eu-west-1"]
+        assert imds.requests.get("/latest/api/token") == 1  # IMDSv2: a token first
 
 
 def test_ray_accepts_cluster_local_yaml() -> None:

@@ -11,12 +11,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import ray
 
+from spotray.cost.ledger import Ledger
 from spotray.imds import IMDSClient
 from spotray.imds_server import FakeIMDS
+from spotray.status import read_status
 from spotray.watch import (
     CHECKPOINT_REQUEST_KEY,
     KV_NAMESPACE,
@@ -89,7 +92,7 @@ def test_nothing_announced_drains_nothing(imds, node) -> None:
     assert node[1] not in draining()
 
 
-def test_notice_drains_the_node_once_with_its_deadline(imds, node) -> None:
+def test_notice_drains_the_node_once_with_its_deadline(imds, node, tmp_path: Path) -> None:
     watcher = watcher_for(imds, node)
     at = imds.serve_notice("terminate", lead_s=120)
     [record] = watcher.poll_once()
@@ -99,6 +102,11 @@ def test_notice_drains_the_node_once_with_its_deadline(imds, node) -> None:
     assert watcher.poll_once() == []  # polled again: the same notice is not handled twice
     recorded = [r for r in read_notices(node[0]) if r.node_id == node[1]]
     assert len(recorded) == 1 and recorded[0].deadline == at.replace(microsecond=0).isoformat()
+    # `spotray status` shows that node draining and counts the notice.
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        shown = read_status(node[0], "c", ledger).as_dict()
+    assert [n["draining"] for n in shown["nodes"] if n["node_id"] == node[1]] == [True]
+    assert shown["notices"] >= 1
 
 
 def test_rebalance_asks_for_a_checkpoint_without_draining(imds, node) -> None:

@@ -1,0 +1,198 @@
+"""`spotray up --local` / `down --local`: cluster.local.yaml's fake nodes on this machine.
+
+Ray's launcher cannot bring up the `fake_multinode` provider in the 2.60 wheel (`ray up`
+stops on a missing example.yaml), but its real autoscaler runs it when the head is started
+with `RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=...`. That is what `up_local`
+does, on free ports and in a Ray temp folder of its own, after filling in the provider's
+`gcs_address`. Each fake node is a real raylet that the autoscaler starts and stops.
+
+`down_local` cannot use `ray stop`: it kills every Ray process on the machine by name,
+other people's clusters and test clusters included. The cluster's own daemons name its temp
+folder on their command lines; they and everything they started (fake raylets, workers, job
+drivers) are this cluster's, and only they are stopped: SIGTERM, then SIGKILL after a grace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spotray.cost.prices import spotray_home
+from spotray.errors import ConfigError, SpotrayError
+
+DASHBOARD_PORT = 8265  # Ray's default, used when free
+STOP_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    name: str
+    gcs_address: str
+    dashboard_url: str
+    metrics_url: str  # the head's Prometheus endpoint
+    temp_dir: str
+    config: str  # the autoscaling config the head runs, gcs_address filled in
+    started: float
+
+
+def state_dir(name: str) -> Path:
+    return spotray_home() / "local" / name
+
+
+def load_state(name: str | None = None) -> LocalCluster:
+    """The running local cluster `name`, or the only one there is."""
+    root = spotray_home() / "local"
+    found = sorted(p.parent.name for p in root.glob("*/state.json")) if root.exists() else []
+    if name is None:
+        if not found:
+            raise ConfigError("no local cluster is up: start one with `spotray up --local`")
+        if len(found) > 1:
+            raise ConfigError(f"several local clusters are up ({', '.join(found)}): say which one")
+        name = found[0]
+    path = state_dir(name) / "state.json"
+    if not path.exists():
+        raise ConfigError(f"no local cluster {name!r} is up (known: {', '.join(found) or 'none'})")
+    return LocalCluster(**json.loads(path.read_text()))
+
+
+def _free_port(preferred: int = 0) -> int:
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise SpotrayError("no free TCP port on 127.0.0.1")
+
+
+def _head_flags(config: dict[str, Any]) -> list[str]:
+    """`ray start` flags for the head's resources and labels, from its node type."""
+    head = config["available_node_types"][config["head_node_type"]]
+    resources = dict(head.get("resources", {}))
+    flags = [f"--num-cpus={int(resources.pop('CPU', 0))}", f"--num-gpus={int(resources.pop('GPU', 0))}"]
+    if resources:
+        flags.append(f"--resources={json.dumps(resources)}")
+    if head.get("labels"):
+        flags.append("--labels=" + ",".join(f"{k}={v}" for k, v in head["labels"].items()))
+    return flags
+
+
+def up_local(config_path: Path) -> LocalCluster:
+    """Start the head with the real autoscaler over cluster.local.yaml's fake node types."""
+    config = yaml.safe_load(config_path.read_text())
+    if config.get("provider", {}).get("type") != "fake_multinode":
+        raise ConfigError(f"{config_path}: --local needs provider type fake_multinode (cluster.local.yaml)")
+    name = config["cluster_name"]
+    if (state_dir(name) / "state.json").exists():
+        raise ConfigError(f"local cluster {name!r} is already up; `spotray down --local` first")
+    # Every port Ray would otherwise take at a fixed number, so that another Ray on this
+    # machine (a test cluster, a `ray.init()`) does not keep the head's agents from starting.
+    gcs_port, metrics_port, agent_port, client_port = (_free_port() for _ in range(4))
+    dashboard_port = _free_port(DASHBOARD_PORT)
+    gcs_address = f"127.0.0.1:{gcs_port}"
+    config["provider"]["gcs_address"] = gcs_address
+    folder = state_dir(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    filled = folder / "autoscaling.yaml"
+    filled.write_text(yaml.safe_dump(config, sort_keys=False))
+    # Short: Ray's Unix socket paths under it must stay within 107 characters.
+    temp_dir = Path(tempfile.gettempdir()) / f"spotray-{os.getuid()}" / name
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    ray = Path(sys.executable).with_name("ray")
+    cmd = [
+        str(ray) if ray.exists() else "ray",
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs_port}",
+        f"--autoscaling-config={filled}",
+        f"--temp-dir={temp_dir}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+        f"--metrics-export-port={metrics_port}",
+        f"--dashboard-agent-listen-port={agent_port}",
+        f"--ray-client-server-port={client_port}",
+        "--disable-usage-stats",
+        *_head_flags(config),
+    ]
+    # Job entrypoints (`python -m spotray.job`) run in the head's environment: this one's.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "RAY_FAKE_CLUSTER": "1", "SPOTRAY_CLUSTER": name}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        down_processes(str(temp_dir), gcs_address)
+        raise SpotrayError(f"ray start failed: {lines[-1] if lines else done.returncode}")
+    cluster = LocalCluster(
+        name=name,
+        gcs_address=gcs_address,
+        dashboard_url=f"http://127.0.0.1:{dashboard_port}",
+        metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+        temp_dir=str(temp_dir),
+        config=str(filled),
+        started=time.time(),
+    )
+    (folder / "state.json").write_text(json.dumps(asdict(cluster), indent=2))
+    return cluster
+
+
+def cluster_processes(temp_dir: str, gcs_address: str) -> list[Any]:
+    """The cluster's daemons and all they started. A daemon names the cluster's temp folder
+    on its command line, or (Ray's client server) the GCS address as `--address=`."""
+    import psutil
+
+    port = ":" + gcs_address.rsplit(":", 1)[1]
+
+    def names_it(part: str) -> bool:  # not a longer folder or port that starts the same
+        if part.startswith(("--address=", "--gcs-address=", "--gcs_address=")) and part.endswith(port):
+            return True
+        return part == temp_dir or part.endswith("=" + temp_dir) or temp_dir + os.sep in part
+
+    roots = [p for p in psutil.process_iter(["cmdline"]) if any(map(names_it, p.info["cmdline"] or []))]
+    found = {p.pid: p for p in roots}
+    for proc in roots:
+        try:
+            found.update({c.pid: c for c in proc.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            continue
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def down_processes(temp_dir: str, gcs_address: str) -> int:
+    """Stop the cluster's processes: SIGTERM, then SIGKILL what is left. Returns how many."""
+    import psutil
+
+    procs = cluster_processes(temp_dir, gcs_address)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=STOP_GRACE_S)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=STOP_GRACE_S)
+    return len(procs)
+
+
+def down_local(cluster: LocalCluster) -> int:
+    """Stop every process of the local cluster and forget it. Returns how many were stopped."""
+    stopped = down_processes(cluster.temp_dir, cluster.gcs_address)
+    (state_dir(cluster.name) / "state.json").unlink(missing_ok=True)
+    return stopped

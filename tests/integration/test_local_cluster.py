@@ -1,0 +1,170 @@
+"""`spotray up --local` runs Ray's real autoscaler over cluster.local.yaml's fake nodes: a job
+that asks for more workers than exist makes it add nodes, `spotray status` and the head's
+Prometheus endpoint show the nodes, the run and spotray's gauges while it trains, idle nodes
+go away after the idle timeout, and `spotray down --local` leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from spotray.local import LocalCluster, cluster_processes, down_processes, load_state
+from tests.conftest import REPO, SPOTRAY, no_aws_env, run_spotray, spotray_env, write_config
+
+pytestmark = pytest.mark.integration
+
+IDLE_TIMEOUT_MIN = 0.2  # cluster.local.yaml says 0.5; 12 s keeps the test short
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 2.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def local_cluster(tmp_path: Path) -> Iterator[tuple[Path, LocalCluster]]:
+    config = yaml.safe_load((REPO / "cluster.local.yaml").read_text())
+    config["cluster_name"] = f"spotray-test-{os.getpid()}"
+    config["idle_timeout_minutes"] = IDLE_TIMEOUT_MIN
+    path = tmp_path / "cluster.local.yaml"
+    path.write_text(yaml.safe_dump(config))
+    up = run_spotray(["up", "--local", str(path)], cwd=tmp_path, timeout=120)
+    assert up.returncode == 0, up.stderr
+    cluster = load_state(config["cluster_name"])
+    assert cluster.dashboard_url in up.stdout
+    try:
+        yield path, cluster
+    finally:
+        down_processes(
+            cluster.temp_dir, cluster.gcs_address
+        )  # whatever the test left, it stops only this cluster
+
+
+def status(tmp_path: Path, path: Path) -> dict[str, Any]:
+    done = run_spotray(["status", "--local", str(path), "--json"], cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return reply.read().decode()
+
+
+def gauge(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(f"ray_{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_local_cluster_scales_for_a_job_shows_it_and_goes_down_clean(
+    tmp_path: Path, local_cluster: tuple[Path, LocalCluster]
+) -> None:
+    path, cluster = local_cluster
+    before = status(tmp_path, path)
+    assert [n["instance_type"] for n in before["nodes"]] == ["m5.2xlarge"]  # the head alone
+    assert not before["runs"]
+
+    # Two workers that each need a `spot_gpu_node`: only fake spot nodes have one.
+    config = write_config(
+        tmp_path,
+        {
+            "name": "local-t",
+            "optimizer": {"steps": 80},
+            "scaling": {"resources_per_worker": {"spot_gpu_node": 1}},
+            "checkpoint": {"storage_path": str(tmp_path / "runs")},
+        },
+    )
+    job = subprocess.Popen(
+        [*SPOTRAY, "train", str(config), "--address", "local"],
+        cwd=tmp_path,
+        env=spotray_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def training() -> dict[str, Any] | None:
+            now = status(tmp_path, path)
+            runs = [r for r in now["runs"] if r["run"] == "local-t" and r["state"] == "running"]
+            return now if runs and runs[0]["step"] >= 1 and runs[0]["workers"] == 2 else None
+
+        during = wait_for("the job to train on 2 workers", training, timeout=240)
+        spot = [n for n in during["nodes"] if n["market"] == "spot"]
+        assert len(spot) == 2  # the autoscaler added a fake spot node per worker
+        assert {n["node_type"] for n in spot} <= {"p3_8xlarge_spot", "g5_12xlarge_spot"}
+        assert all(n["usd_per_hour"] > 0 and not n["draining"] for n in spot)
+        assert during["usd_per_hour"] == pytest.approx(
+            sum(n["usd_per_hour"] for n in during["nodes"]), abs=1e-3
+        )
+        ours = cluster_processes(cluster.temp_dir, cluster.gcs_address)
+        assert len(ours) > 10  # gcs, raylets, agents, workers, the job's driver...
+
+        # The same as a person reads it.
+        shown = run_spotray(["status"], cwd=tmp_path).stdout
+        assert "local-t running" in shown and ("p3.8xlarge" in shown or "g5.12xlarge" in shown)
+
+        # spotray's gauges on the head's Prometheus endpoint, over real HTTP.
+        def exported() -> str | None:
+            text = scrape(cluster.metrics_url)
+            return text if gauge(text, "spotray_workers", run="local-t") == 2 else None
+
+        # Ray exports every 10 s: wait for the gauge to say what status said.
+        text = wait_for("spotray_workers = 2 on the metrics endpoint", exported, timeout=60)
+        assert gauge(text, "spotray_cluster_usd_per_hour", cluster=cluster.name) > 0
+        assert gauge(text, "spotray_goodput", run="local-t") is not None
+
+        out, _ = job.communicate(timeout=300)
+        assert job.returncode == 0, out
+        assert re.search(r"done.*local-t at step 80", out)
+    finally:
+        if job.poll() is None:
+            job.kill()
+
+    after = status(tmp_path, path)
+    assert [r["state"] for r in after["runs"] if r["run"] == "local-t"] == ["finished"]
+    assert after["runs"][0]["last_checkpoint_step"] == 80
+
+    # Idle, the fake nodes go after the idle timeout: the head is left.
+    def head_alone() -> dict[str, Any] | None:
+        now = status(tmp_path, path)
+        return now if [n["node_type"] for n in now["nodes"]] == ["head"] else None
+
+    idle = wait_for("idle fake nodes to be removed", head_alone, timeout=90, every=3)
+    assert idle["ended_nodes"] == {"scaled in": 2}
+
+    down = run_spotray(["down", "--local", str(path)], cwd=tmp_path, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert not [p for p in ours if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not cluster_processes(cluster.temp_dir, cluster.gcs_address)
+
+    # The ledger kept what Ray's node table said: the head and both spot nodes, billed.
+    bill = run_spotray(["cost", "--cluster", cluster.name, "--offline", "--json"], cwd=tmp_path)
+    assert bill.returncode == 0, bill.stderr
+    nodes = json.loads(bill.stdout)["nodes"]
+    assert sorted(n["market"] for n in nodes) == ["on-demand", "spot", "spot"]
+
+
+def test_local_bad_input_is_one_line(tmp_path: Path) -> None:
+    aws = run_spotray(["up", "--local", str(REPO / "cluster.yaml")], cwd=tmp_path, env=no_aws_env())
+    assert aws.returncode == 2 and "fake_multinode" in aws.stderr and len(aws.stderr.splitlines()) == 1
+    none = run_spotray(["status"], cwd=tmp_path, env=no_aws_env())
+    assert none.returncode == 2 and "spotray up --local" in none.stderr
