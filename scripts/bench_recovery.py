@@ -1,7 +1,8 @@
 """What a preemption costs: spotray against Ray Train alone, on the same local spot cluster.
 
-    python scripts/bench_recovery.py                # 2 scenarios x 2 arms x 3 repeats (~20 min)
+    python scripts/bench_recovery.py                # 3 scenarios x 2 arms x 3 repeats (~45 min)
     python scripts/bench_recovery.py --repeats 1 --markdown
+    python scripts/bench_recovery.py --scenario grow --markdown
 
 Each run is `spotray chaos` in its own process (a fresh local Ray cluster of real raylets,
 each node with a loopback IMDS), on a small GPT (2 layers, 64-byte context, 160 steps,
@@ -11,12 +12,17 @@ checkpoint every 20 steps):
   killed 8 s later; a replacement node joins.
 - unannounced: an elastic 1..2-worker job on 2 nodes; at step 40 one node is killed; no
   replacement, so the job must go on with one worker.
+- grow: an elastic 1..2-worker job on 1 node, steps slowed to 1 s (a bigger model); at step
+  20 a second node joins, and the job must grow onto it. spotray checks for room every 10 s
+  (`scaling.resize_check_s`) and refreshes Ray's cluster view at a checkpoint that finds new
+  nodes; Ray alone checks every 60 s and sees new nodes at its coordinator's 20 s tick.
 
 Arms: `spotray` (watchers drain on notice, the loop checkpoints and holds, fast GCS health
 check, fresh cluster view after a failure) and `ray-alone` (`--ray-alone`: notices are
 served but nobody acts on them, Ray's default settings; the same loop with its periodic
 checkpoints). Medians over the repeats of: steps lost, seconds from the notice to a
-checkpoint handed to Ray, seconds from the kill to the first resumed step.
+checkpoint handed to Ray, seconds from the kill (grow: the node joining) to the first step
+of the new worker group.
 """
 
 from __future__ import annotations
@@ -55,6 +61,10 @@ SCENARIOS = {
         {"scaling": {"min_workers": 1, "max_workers": 2}},
         ["--nodes", "2", "--no-replace", "--event", "40:unannounced"],
     ),
+    "grow": (
+        {"scaling": {"min_workers": 1, "max_workers": 2, "resize_check_s": 10}},
+        ["--nodes", "1", "--no-replace", "--slow-step-s", "1.0", "--event", "20:add"],
+    ),
 }
 
 
@@ -84,27 +94,30 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--markdown", action="store_true", help="print BENCHMARKS.md table rows")
+    parser.add_argument(
+        "--scenario", choices=list(SCENARIOS), action="append", help="only these (repeatable)"
+    )
     args = parser.parse_args()
 
     results: dict[tuple[str, str], list[dict]] = {}
     for r in range(args.repeats):
-        for scenario in SCENARIOS:
+        for scenario in args.scenario or SCENARIOS:
             for arm in ("spotray", "ray-alone"):
                 event = run(scenario, arm)
                 results.setdefault((scenario, arm), []).append(event)
                 took = event["kill_to_resume_s"]
                 print(
                     f"repeat {r + 1} {scenario:<12} {arm:<10} lost {event['steps_lost']}, "
-                    f"notice->ckpt {event['notice_to_checkpoint_s']}, kill->step {took:.1f} s",
+                    f"notice->ckpt {event['notice_to_checkpoint_s']}, to first step {took:.1f} s, "
+                    f"workers {event['workers_after']}",
                     flush=True,
                 )
     for (scenario, arm), events in results.items():
         lost = median([e["steps_lost"] for e in events])
         saved = median([e["notice_to_checkpoint_s"] for e in events])
         took = median([e["kill_to_resume_s"] for e in events])
-        line = (
-            f"{scenario:<12} {arm:<10} steps lost {lost}, notice->checkpoint {saved} s, kill->step {took} s"
-        )
+        line = f"{scenario:<12} {arm:<10} steps lost {lost}, notice->checkpoint {saved} s, "
+        line += f"to first step {took} s"
         print(line)
         if args.markdown:
             print(

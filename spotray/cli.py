@@ -305,6 +305,10 @@ ClusterYaml = Annotated[
         help="Ray cluster launcher config (default cluster.yaml, or cluster.local.yaml with --local)."
     ),
 ]
+RemoteYaml = Annotated[
+    Path | None,
+    typer.Argument(help="An AWS cluster's launcher config, reached over SSH (default: the local cluster)."),
+]
 LocalOption = Annotated[
     bool, typer.Option("--local", help="The local cluster of fake nodes (cluster.local.yaml), not AWS.")
 ]
@@ -342,7 +346,7 @@ def up(
 
       spotray up cluster.yaml --yes
 
-      spotray up --local        # then: spotray train train/configs/local-cluster.yaml --address local
+      spotray up --local        # fake nodes on this machine, no AWS
     """
     cluster_yaml = _cluster_yaml(cluster_yaml, local)
     if local:
@@ -437,7 +441,7 @@ def down(
 
 @app.command()
 def status(
-    cluster_yaml: ClusterYaml = None,
+    cluster_yaml: RemoteYaml = None,
     local: LocalOption = False,
     address: Annotated[
         str | None,
@@ -450,11 +454,13 @@ def status(
         Path | None, typer.Option("--ledger", envvar="SPOTRAY_LEDGER", help="Cost ledger file.")
     ] = None,
 ) -> None:
-    """The cluster now: nodes (type, market, AZ, uptime, $/h, draining), its runs (step, last
-    checkpoint, restarts, steps lost), preemptions and cost so far.
+    """The cluster now: its nodes, its runs, preemptions and cost so far.
 
-    Without arguments: the local cluster of `spotray up --local`. With CLUSTER_YAML: runs
-    `spotray status` on that cluster's head (Ray's `ray exec`, over SSH).
+    Nodes: type, market, AZ, uptime, $/h, draining. Runs: step, last checkpoint, steps lost.
+
+    Without arguments: the local cluster of `spotray up --local`.
+
+    With CLUSTER_YAML: `spotray status` on that cluster's head (Ray's `ray exec`, over SSH).
 
     [b]Examples:[/b]
 
@@ -499,14 +505,15 @@ def status(
 
 @app.command()
 def dashboard(
-    cluster_yaml: ClusterYaml = None,
+    cluster_yaml: RemoteYaml = None,
     local: LocalOption = False,
     port: Annotated[int, typer.Option("--port", help="Local port for the forwarded dashboard.")] = 8265,
 ) -> None:
     """Where to open the Ray dashboard (spotray's gauges are in its Metrics view).
 
-    Local cluster: prints its URL. AWS cluster: forwards the head's dashboard, which listens
-    on the head only, to localhost:PORT over SSH (Ray's `ray dashboard`) until Ctrl-C.
+    Local cluster: prints its URL.
+
+    AWS cluster: forwards the head's dashboard to localhost:PORT over SSH until Ctrl-C.
 
     [b]Examples:[/b]
 
