@@ -537,9 +537,13 @@ def _local_name(cluster_yaml: Path | None) -> str | None:
 
     if cluster_yaml is None:
         return None
-    if not cluster_yaml.is_file():
-        raise ConfigError(f"{cluster_yaml}: no such file")
-    return yaml.safe_load(cluster_yaml.read_text())["cluster_name"]
+    return yaml.safe_load(_existing(cluster_yaml).read_text())["cluster_name"]
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    return path
 
 
 def _gcs_address(address: str) -> str:
@@ -562,20 +566,16 @@ def _run_ray(args: list[str]) -> int:
 
 
 def _on_head(cluster_yaml: Path, command: str) -> int:
-    if not cluster_yaml.is_file():
-        raise ConfigError(f"{cluster_yaml}: no such file")
-    return _run_ray(["exec", str(cluster_yaml), command])
+    return _run_ray(["exec", str(_existing(cluster_yaml)), command])
 
 
 def _up_local(cluster_yaml: Path, ledger_path: Path | None) -> None:
+    from spotray.cost.aws import default_region
     from spotray.cost.ledger import Ledger
-    from spotray.cost.live import default_region
     from spotray.local import up_local
 
-    if not cluster_yaml.is_file():
-        raise ConfigError(f"{cluster_yaml}: no such file")
     with console.status("starting the head and the autoscaler..."):
-        cluster = up_local(cluster_yaml)
+        cluster = up_local(_existing(cluster_yaml))
     with Ledger(ledger_path) as ledger:
         ledger.add_cluster(cluster.name, default_region(), cluster.started)
     console.print(f"[green]up[/]: {cluster.name}, on this machine (fake nodes, added as jobs ask for them)")
@@ -590,16 +590,13 @@ def _up_local(cluster_yaml: Path, ledger_path: Path | None) -> None:
 
 
 def _down_local(cluster_yaml: Path | None, ledger_path: Path | None) -> None:
-    import yaml
-
     from spotray.jobs import use_token_auth_if_available
 
     use_token_auth_if_available()  # before Ray is imported
     from spotray.cost.ledger import Ledger
     from spotray.local import down_local, load_state
 
-    name = yaml.safe_load(cluster_yaml.read_text())["cluster_name"] if cluster_yaml else None
-    cluster = load_state(name)
+    cluster = load_state(_local_name(cluster_yaml))
     with Ledger(ledger_path) as ledger:
         try:  # the nodes Ray knew, into the ledger before they go
             from spotray.status import read_status

@@ -85,10 +85,12 @@ class RunMetrics:
 
         self.run, self.cluster, self.gcs_address, self.state = run, cluster, gcs_address, state
         self.gcs = GcsClient(address=gcs_address)
+        tags = {"run": {"run": run}, "cluster": {"cluster": cluster}}
+        # name -> (the Ray gauge, the tags it is always set with)
         self.gauges = {
-            g.name: metrics.Gauge(g.name, description=g.description, tag_keys=(g.tag,)) for g in GAUGES
+            g.name: (metrics.Gauge(g.name, description=g.description, tag_keys=(g.tag,)), tags[g.tag])
+            for g in GAUGES
         }
-        self.tags = {"run": {"run": run}, "cluster": {"cluster": cluster}}
         self.on_demand = load_on_demand()
         self.spot = _cached_spot_prices()
         self.priced: PricedCluster | None = None
@@ -112,9 +114,8 @@ class RunMetrics:
         if now - self._priced_at >= PRICE_EVERY_S:
             if self.priced is not None and s.started_at is not None:
                 self.run_usd += self.priced.usd_per_hour * (now - max(self._priced_at, s.started_at)) / 3600
-            self.priced = price_cluster(
-                *read_ray_nodes(self.gcs_address), self.cluster, self.on_demand, self.spot
-            )
+            nodes = read_ray_nodes(self.gcs_address)
+            self.priced = price_cluster(nodes, self.cluster, self.on_demand, self.spot)
             self._priced_at = now
             self._set("spotray_cluster_usd_per_hour", self.priced.usd_per_hour)
             self._set("spotray_cluster_usd", self.priced.bill.cost)
@@ -133,8 +134,8 @@ class RunMetrics:
         self._publish(now)
 
     def _set(self, name: str, value: float) -> None:
-        gauge = next(g for g in GAUGES if g.name == name)
-        self.gauges[name].set(float(value), tags=self.tags[gauge.tag])
+        gauge, tags = self.gauges[name]
+        gauge.set(float(value), tags=tags)
 
     def _publish(self, now: float, finished: bool = False) -> None:
         s = self.state

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from rich import box
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from spotray.cost.ledger import Ledger
-from spotray.cost.live import PricedCluster, price_cluster, read_ray_nodes
+from spotray.cost.live import PricedCluster, price_cluster, read_draining, read_ray_nodes
 from spotray.cost.prices import load_on_demand
 from spotray.metrics import RunSnapshot, read_runs
 from spotray.watch import NoticeRecord, read_notices
@@ -31,9 +32,15 @@ class ClusterStatus:
     name: str
     gcs_address: str
     priced: PricedCluster
+    draining: set[str]
     runs: list[RunSnapshot]
     notices: list[NoticeRecord]
     read_at: float
+
+    @property
+    def ended(self) -> dict[str, int]:
+        """How many nodes ended, by reason (preempted, scaled in, torn down)."""
+        return dict(Counter(n.end_reason or "ended" for n in self.priced.nodes if not n.alive))
 
     def as_dict(self) -> dict[str, object]:
         alive = [n for n in self.priced.nodes if n.alive]
@@ -53,26 +60,31 @@ class ClusterStatus:
                     "az": n.zone,
                     "uptime_s": round(self.read_at - n.start, 1),
                     "usd_per_hour": self.priced.rates.get(n.node_id, (None, False))[0],
-                    "draining": n.node_id in self.priced.draining,
+                    "draining": n.node_id in self.draining,
                 }
                 for n in alive
             ],
-            "ended_nodes": _ended(self.priced),
+            "ended_nodes": self.ended,
             "notices": len(self.notices),
             "runs": [{**r.__dict__, "state": run_state(r, self.read_at)} for r in self.runs],
         }
 
 
 def read_status(gcs_address: str, cluster: str, ledger: Ledger) -> ClusterStatus:
-    nodes, draining = read_ray_nodes(gcs_address)
-    priced = price_cluster(nodes, draining, cluster, load_on_demand(), ledger.spot_series())
+    priced = price_cluster(read_ray_nodes(gcs_address), cluster, load_on_demand(), ledger.spot_series())
     try:
         for bill in priced.bill.nodes:
             ledger.upsert_node(bill.node)
     except sqlite3.Error:
         pass  # a read-only ledger still lets status show the cluster
     return ClusterStatus(
-        cluster, gcs_address, priced, read_runs(gcs_address), read_notices(gcs_address), time.time()
+        cluster,
+        gcs_address,
+        priced,
+        read_draining(gcs_address),
+        read_runs(gcs_address),
+        read_notices(gcs_address),
+        time.time(),
     )
 
 
@@ -80,14 +92,6 @@ def run_state(run: RunSnapshot, now: float) -> str:
     if run.finished:
         return "finished"
     return "running" if now - run.updated < STALE_S else "stopped"
-
-
-def _ended(priced: PricedCluster) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for n in priced.nodes:
-        if not n.alive:
-            counts[n.end_reason or "ended"] = counts.get(n.end_reason or "ended", 0) + 1
-    return counts
 
 
 def _uptime(seconds: float) -> str:
@@ -121,10 +125,10 @@ def render(status: ClusterStatus, console: Console) -> None:
             n.zone or "-",
             _uptime(status.read_at - n.start),
             "-" if rate is None else f"{rate:.3f}" + ("*" if estimated else ""),
-            "[yellow]draining[/]" if n.node_id in p.draining else "alive",
+            "[yellow]draining[/]" if n.node_id in status.draining else "alive",
         )
     console.print(table)
-    ended = ", ".join(f"{count} {reason}" for reason, count in sorted(_ended(p).items()))
+    ended = ", ".join(f"{count} {reason}" for reason, count in sorted(status.ended.items()))
     if ended:
         console.print(f"ended nodes: {ended}")
     console.print(
@@ -133,7 +137,7 @@ def render(status: ClusterStatus, console: Console) -> None:
     )
     if p.bill.estimated:
         console.print("* estimated: no spot price cached for this type/AZ (`spotray cost` caches them)")
-    lost = _ended(p).get("preempted", 0)
+    lost = status.ended.get("preempted", 0)
     console.print(f"preemptions: {len(status.notices)} notice(s), {lost} node(s) lost")
     if not status.runs:
         console.print("runs: none published on this cluster")

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 from spotray.config import JobConfig, S3Section
+from spotray.cost.aws import default_region
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def s3_endpoint(s3: S3Section) -> str | None:
 
 def s3_filesystem(s3: S3Section) -> pafs.S3FileSystem:
     """An S3 filesystem for AWS or for the S3-compatible endpoint in the config/environment."""
-    region = s3.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    region = s3.region or default_region()
     endpoint = s3_endpoint(s3)
     if not endpoint:
         return pafs.S3FileSystem(region=region)

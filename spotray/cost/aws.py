@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from spotray.errors import SpotrayError
@@ -9,6 +10,11 @@ from spotray.errors import SpotrayError
 
 class NoCredentialsError(SpotrayError):
     pass
+
+
+def default_region() -> str:
+    """Where a command with no region of its own works: boto3's variables, else us-east-1."""
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 def client(service: str, region: str) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +14,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from spotray.cost.aws import default_region
 from spotray.errors import ConfigError, SpotrayError
 
 LedgerOption = Annotated[
@@ -28,7 +28,7 @@ RegionOption = Annotated[
 
 
 def _region(region: str | None) -> str:
-    return region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return region or default_region()
 
 
 def _short(t: float | None) -> str:

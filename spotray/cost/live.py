@@ -17,11 +17,11 @@ is `torn down`. `spotray down` closes the ledger's nodes first, so its own kills
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from spotray.cost.aws import default_region
 from spotray.cost.bill import Bill, make_bill, rate_at
 from spotray.cost.ledger import Node
 from spotray.cost.prices import OnDemandTable, PriceSeries, UnknownInstanceTypeError
@@ -65,14 +65,22 @@ class RayNode:
         )
 
 
-def read_ray_nodes(gcs_address: str) -> tuple[list[RayNode], set[str]]:
-    """Every node in the GCS (alive and dead), and the ids of those being drained now."""
+def read_ray_nodes(gcs_address: str) -> list[RayNode]:
+    """Every node in the GCS, alive and dead: the head first, then by start."""
     from ray._raylet import GcsClient
 
-    gcs = GcsClient(address=gcs_address)
-    draining = {n.hex() if isinstance(n, bytes) else str(n) for n in gcs.get_draining_nodes()}
-    nodes = [_from_node_info(info) for info in gcs.get_all_node_info().values()]
-    return sorted(nodes, key=lambda n: (not n.is_head, n.start, n.node_id)), draining
+    nodes = [_from_node_info(info) for info in GcsClient(address=gcs_address).get_all_node_info().values()]
+    return sorted(nodes, key=lambda n: (not n.is_head, n.start, n.node_id))
+
+
+def read_draining(gcs_address: str) -> set[str]:
+    """The ids of the nodes being drained now (a spot notice, an idle scale-in)."""
+    from ray._raylet import GcsClient
+
+    return {
+        n.hex() if isinstance(n, bytes) else str(n)
+        for n in GcsClient(address=gcs_address).get_draining_nodes()
+    }
 
 
 def _from_node_info(info: Any) -> RayNode:
@@ -109,14 +117,9 @@ def _from_node_info(info: Any) -> RayNode:
     )
 
 
-def default_region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-
-
 @dataclass(frozen=True)
 class PricedCluster:
     nodes: list[RayNode]
-    draining: set[str]
     bill: Bill  # the priced nodes since the cluster started (Ray's node table)
     rates: dict[str, tuple[float, bool]]  # alive node id -> ($/h now, estimated)
 
@@ -127,7 +130,6 @@ class PricedCluster:
 
 def price_cluster(
     nodes: list[RayNode],
-    draining: set[str],
     cluster: str,
     on_demand: OnDemandTable,
     spot: dict[tuple[str, str], PriceSeries],
@@ -147,4 +149,4 @@ def price_cluster(
         priced.append(node)
         if n.alive:
             rates[n.node_id] = rate_at(node, now, spot, od_rates[n.instance_type])
-    return PricedCluster(nodes, draining, make_bill(priced, spot, od_rates, [], now), rates)
+    return PricedCluster(nodes, make_bill(priced, spot, od_rates, [], now), rates)

@@ -59,9 +59,7 @@ def test_cluster_priced_like_the_bill() -> None:
     table = load_on_demand()
     head_rate = table.price("m5.2xlarge", "us-east-1")
     nodes = [HEAD, RUNNING, PREEMPTED, IDLE, UNLABELLED]
-    priced = price_cluster(
-        nodes, {RUNNING.node_id}, "c", table, {("p3.8xlarge", "us-east-1a"): spot}, at("12:00")
-    )
+    priced = price_cluster(nodes, "c", table, {("p3.8xlarge", "us-east-1a"): spot}, at("12:00"))
     # Live now: the head on demand, the running spot node at the 11:00 price. The unlabelled
     # node is shown, not priced.
     assert priced.rates == {HEAD.node_id: (head_rate, False), RUNNING.node_id: (1.20, False)}
@@ -73,7 +71,7 @@ def test_cluster_priced_like_the_bill() -> None:
 
 
 def test_spot_node_without_a_price_is_an_estimate() -> None:
-    priced = price_cluster([RUNNING], set(), "c", load_on_demand(), {}, at("12:00"))
+    priced = price_cluster([RUNNING], "c", load_on_demand(), {}, at("12:00"))
     rate, estimated = priced.rates[RUNNING.node_id]
     assert estimated and rate == load_on_demand().price("p3.8xlarge", "us-east-1")  # the upper bound
     assert priced.bill.estimated == ["i-0running"]
