@@ -329,6 +329,15 @@ def up(
     ledger_path: Annotated[
         Path | None, typer.Option("--ledger", envvar="SPOTRAY_LEDGER", help="Cost ledger file.")
     ] = None,
+    spot_capacity: Annotated[
+        int | None,
+        typer.Option(
+            "--spot-capacity",
+            min=0,
+            help="With --local: at most N fake nodes of each spot type, as if AWS had no more "
+            "(0: none). On a local cluster that is up, changes only that.",
+        ),
+    ] = None,
 ) -> None:
     """Check the cluster config against AWS, print the plan and its price, bring it up.
 
@@ -347,13 +356,17 @@ def up(
       spotray up cluster.yaml --yes
 
       spotray up --local        # fake nodes on this machine, no AWS
+
+      spotray up --local --spot-capacity 0   # the spot pool runs dry
     """
     cluster_yaml = _cluster_yaml(cluster_yaml, local)
     if local:
         with human_errors():
-            _up_local(cluster_yaml, ledger_path)
+            _up_local(cluster_yaml, ledger_path, spot_capacity)
         return
     with human_errors():
+        if spot_capacity is not None:
+            raise ConfigError("--spot-capacity is for --local clusters: AWS decides real spot capacity")
         from rich import box
         from rich.table import Table
 
@@ -569,13 +582,23 @@ def _on_head(cluster_yaml: Path, command: str) -> int:
     return _run_ray(["exec", str(_existing(cluster_yaml)), command])
 
 
-def _up_local(cluster_yaml: Path, ledger_path: Path | None) -> None:
+def _up_local(cluster_yaml: Path, ledger_path: Path | None, spot_capacity: int | None) -> None:
     from spotray.cost.aws import default_region
     from spotray.cost.ledger import Ledger
-    from spotray.local import up_local
+    from spotray.local import is_up, load_state, set_spot_capacity, up_local
 
+    name = _local_name(cluster_yaml)
+    if spot_capacity is not None and name and is_up(name):
+        types = set_spot_capacity(load_state(name), spot_capacity)
+        console.print(
+            f"{name}: at most {spot_capacity} node(s) of each spot type ({', '.join(types)}); "
+            "the autoscaler applies it at its next update"
+        )
+        return
     with console.status("starting the head and the autoscaler..."):
         cluster = up_local(_existing(cluster_yaml))
+        if spot_capacity is not None:
+            set_spot_capacity(cluster, spot_capacity)
     with Ledger(ledger_path) as ledger:
         ledger.add_cluster(cluster.name, default_region(), cluster.started)
     console.print(f"[green]up[/]: {cluster.name}, on this machine (fake nodes, added as jobs ask for them)")

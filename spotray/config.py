@@ -140,6 +140,18 @@ class ScalingSection(Section):
         "(ScalingConfig.elastic_resize_monitor_interval_s); each growth costs one restart",
     )
 
+    on_demand_after_s: float | None = Field(
+        None,
+        gt=0,
+        description="the on-demand fallback, off by default: after this many seconds with spot "
+        "capacity below min_workers, run min_workers on on-demand nodes until spot is back",
+    )
+    on_demand_resources_per_worker: dict[str, float] = Field(
+        default_factory=lambda: {"on_demand_gpu_node": 1.0},
+        description="what an on-demand worker asks for instead of resources_per_worker "
+        "(cluster.yaml's on-demand GPU type has it)",
+    )
+
     @model_validator(mode="after")
     def _bounds(self) -> ScalingSection:
         if self.min_workers > self.max_workers:
@@ -149,6 +161,21 @@ class ScalingSection(Section):
         for key in ("CPU", "GPU"):
             if key in self.resources_per_worker:
                 raise ValueError(f"set {key} through cpus_per_worker/use_gpu, not resources_per_worker")
+        if self.on_demand_after_s is not None:
+            if not self.resources_per_worker:
+                raise ValueError(
+                    "on_demand_after_s needs resources_per_worker to name the spot nodes' resource "
+                    "(e.g. {spot_gpu_node: 1}): otherwise spot and on-demand nodes look the same"
+                )
+            if not self.on_demand_resources_per_worker or set(self.on_demand_resources_per_worker) & {
+                *self.resources_per_worker,
+                "CPU",
+                "GPU",
+            }:
+                raise ValueError(
+                    "on_demand_resources_per_worker must name a resource of its own, "
+                    "not one of resources_per_worker, CPU or GPU"
+                )
         return self
 
 

@@ -49,6 +49,10 @@ def state_dir(name: str) -> Path:
     return spotray_home() / "local" / name
 
 
+def is_up(name: str) -> bool:
+    return (state_dir(name) / "state.json").exists()
+
+
 def load_state(name: str | None = None) -> LocalCluster:
     """The running local cluster `name`, or the only one there is."""
     root = spotray_home() / "local"
@@ -94,7 +98,7 @@ def up_local(config_path: Path) -> LocalCluster:
     if config.get("provider", {}).get("type") != "fake_multinode":
         raise ConfigError(f"{config_path}: --local needs provider type fake_multinode (cluster.local.yaml)")
     name = config["cluster_name"]
-    if (state_dir(name) / "state.json").exists():
+    if is_up(name):
         raise ConfigError(f"local cluster {name!r} is already up; `spotray down --local` first")
     # Every port Ray would otherwise take at a fixed number, so that another Ray on this
     # machine (a test cluster, a `ray.init()`) does not keep the head's agents from starting.
@@ -106,6 +110,7 @@ def up_local(config_path: Path) -> LocalCluster:
     folder.mkdir(parents=True, exist_ok=True)
     filled = folder / "autoscaling.yaml"
     filled.write_text(yaml.safe_dump(config, sort_keys=False))
+    (folder / "spot_ceilings.json").unlink(missing_ok=True)  # from an earlier cluster of this name
     # Short: Ray's Unix socket paths under it must stay within 107 characters.
     temp_dir = Path(tempfile.gettempdir()) / f"spotray-{os.getuid()}" / name
     temp_dir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +151,32 @@ def up_local(config_path: Path) -> LocalCluster:
     )
     (folder / "state.json").write_text(json.dumps(asdict(cluster), indent=2))
     return cluster
+
+
+def set_spot_capacity(cluster: LocalCluster, nodes: int) -> list[str]:
+    """Let at most `nodes` fake nodes of each spot node type exist; returns those types.
+
+    What a spot pool that AWS has run out of (0) or that has capacity again looks like to
+    Ray's autoscaler: it re-reads its config file at every update, asks for no node of a
+    type beyond its `max_workers`, and terminates the ones above it (as AWS would, here
+    without a notice). Each type's own `max_workers` in the cluster file stays the ceiling.
+    """
+    if nodes < 0:
+        raise ConfigError(f"spot capacity must be 0 or more nodes, got {nodes}")
+    path = Path(cluster.config)
+    config = yaml.safe_load(path.read_text())
+    ceilings_file = path.with_name("spot_ceilings.json")
+    types = config["available_node_types"]
+    spot = {name: t for name, t in types.items() if t.get("labels", {}).get("market") == "spot"}
+    if not ceilings_file.exists():  # the cluster file's own limits, kept for later changes
+        ceilings_file.write_text(json.dumps({name: t.get("max_workers", 0) for name, t in spot.items()}))
+    ceilings = json.loads(ceilings_file.read_text())
+    for name, node_type in spot.items():
+        node_type["max_workers"] = min(nodes, ceilings.get(name, 0))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+    tmp.replace(path)  # the autoscaler never reads half a file
+    return sorted(spot)
 
 
 def cluster_processes(temp_dir: str, gcs_address: str) -> list[Any]:
@@ -194,5 +225,6 @@ def down_processes(temp_dir: str, gcs_address: str) -> int:
 def down_local(cluster: LocalCluster) -> int:
     """Stop every process of the local cluster and forget it. Returns how many were stopped."""
     stopped = down_processes(cluster.temp_dir, cluster.gcs_address)
-    (state_dir(cluster.name) / "state.json").unlink(missing_ok=True)
+    for leftover in ("state.json", "spot_ceilings.json"):
+        (state_dir(cluster.name) / leftover).unlink(missing_ok=True)
     return stopped

@@ -146,6 +146,7 @@ def build_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from spotray.fallback import ReportClock
     from spotray.recovery import FreshClusterView
     from train.loop import train_loop_per_worker
 
@@ -159,7 +160,11 @@ def build_trainer(
         {"elastic_resize_monitor_interval_s": s.resize_check_s} if elastic and not ray_defaults else {}
     )
     storage_root = resolve(cfg.checkpoint.storage_path, cfg.s3)
-    return TorchTrainer(
+    fallback = s.on_demand_after_s is not None and not ray_defaults
+    trainer_cls = (
+        fallback_trainer(s.on_demand_resources_per_worker, s.on_demand_after_s) if fallback else TorchTrainer
+    )
+    return trainer_cls(
         train_loop_per_worker,
         train_loop_config={
             "config": cfg.model_dump(mode="json"),
@@ -177,13 +182,34 @@ def build_trainer(
             storage_filesystem=storage_root.fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
             # Elastic jobs re-size from the cluster view; keep it true after a loss (spotray.recovery).
-            callbacks=[FreshClusterView()] if elastic and not ray_defaults else [],
+            callbacks=[
+                *([FreshClusterView()] if (elastic or fallback) and not ray_defaults else []),
+                *([ReportClock()] if fallback else []),
+            ],
             failure_config=FailureConfig(
                 max_failures=cfg.failure.max_failures,
                 max_preemption_failures=cfg.failure.max_preemption_failures,
             ),
         ),
     )
+
+
+def fallback_trainer(on_demand_resources: dict[str, float], after_s: float) -> type:
+    """A TorchTrainer whose controller runs spotray's on-demand fallback (spotray.fallback).
+
+    Ray Train 2.60 builds its scaling policy from the ScalingConfig alone; the one seam to
+    hand it another is the trainer's `_initialize_and_run_controller`.
+    """
+    from ray.train.torch import TorchTrainer
+
+    from spotray.fallback import SpotFallbackPolicy
+
+    class FallbackTorchTrainer(TorchTrainer):
+        def _initialize_and_run_controller(self, **kwargs: Any) -> Any:
+            kwargs["scaling_policy"] = SpotFallbackPolicy(self.scaling_config, on_demand_resources, after_s)
+            return super()._initialize_and_run_controller(**kwargs)
+
+    return FallbackTorchTrainer
 
 
 def _failure_message(err: Exception) -> str:

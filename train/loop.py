@@ -214,6 +214,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     step_s, last_stall, last_commit, last_push, last_poll = 0.0, 0.0, 0.0, 0.0, 0.0
     plan = preemption.PreemptionPlan()
     request_seen = time.time()  # requests from before this start are covered by the restore
+    answering: float | None = None  # a request that the next checkpoint answers (rank 0)
     attempt_start = time.perf_counter()
     elapsed_base = progress.elapsed_s
 
@@ -273,9 +274,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # votes on timing so that all ranks act at the same step.
         now = time.time()
         vote_poll = rank == 0 and now - last_poll >= preemption.POLL_S
-        requested = vote_poll and (_checkpoint_request_time() or 0.0) > request_seen
-        if requested:  # a rebalance hint: checkpoint early, the node may go
+        asked = (_checkpoint_request_time() or 0.0) if vote_poll else 0.0
+        requested = asked > request_seen
+        if requested:  # a rebalance hint or a move back to spot: checkpoint early
             request_seen = now
+            answering = asked
         vote_due = rank == 0 and (step >= next_due or step == stop_step or requested)
         vote_final = rank == 0 and plan.wants_final(now * 1000, step_s, last_commit)
         if vote_poll:
@@ -334,7 +337,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if writer.pending is not None and (all_ready or due or urgent):
             commit(writer.wait())
         if due or urgent:
-            last_stall = _start_checkpoint(writer, model, optimizer, scheduler, progress, cfg, world, rank)
+            last_stall = _start_checkpoint(
+                writer, model, optimizer, scheduler, progress, cfg, world, rank, answering
+            )
+            answering = None
             if urgent:  # a node is going: write and hand it over now, not at a later step
                 commit(writer.wait())
             obs = Observation(
@@ -413,8 +419,13 @@ def _start_checkpoint(
     cfg: JobConfig,
     world: int,
     rank: int,
+    answering: float | None = None,
 ) -> float:
-    """Snapshot this rank's state and start writing it; returns the seconds it stalled."""
+    """Snapshot this rank's state and start writing it; returns the seconds it stalled.
+
+    `answering`: the time of the checkpoint request (spotray.watch's key) this checkpoint
+    answers, reported with it so that whoever asked sees when it is committed.
+    """
     t0 = time.perf_counter()
     files: dict[str, Any] = {ckpt.rng_file(rank): ckpt.rng_state()}
     meta = None
@@ -445,5 +456,7 @@ def _start_checkpoint(
         torch.cuda.synchronize()
     stall = time.perf_counter() - t0
     metrics = {"step": progress.step, "loss": progress.loss, "samples": progress.samples}
+    if answering is not None:
+        metrics["answers_request"] = answering
     writer.start(progress.step, files, meta, stall, metrics)
     return stall

@@ -1,7 +1,10 @@
 """`spotray up --local` runs Ray's real autoscaler over cluster.local.yaml's fake nodes: a job
-that asks for more workers than exist makes it add nodes, `spotray status` and the head's
-Prometheus endpoint show the nodes, the run and spotray's gauges while it trains, idle nodes
-go away after the idle timeout, and `spotray down --local` leaves no process behind."""
+that asks for more workers than exist makes it add nodes; with the spot pool dry
+(`--spot-capacity 0`) the on-demand fallback runs it on the on-demand type, and moves it back
+when spot capacity returns; `spotray status` and the head's Prometheus endpoint show the
+nodes, the run and spotray's gauges while it trains, idle nodes go away after the idle
+timeout, `spotray down --local` leaves no process behind, and the ledger bills each node in
+its market."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from tests.conftest import REPO, SPOTRAY, no_aws_env, run_spotray, spotray_env, 
 pytestmark = pytest.mark.integration
 
 IDLE_TIMEOUT_MIN = 0.2  # cluster.local.yaml says 0.5; 12 s keeps the test short
+STEPS = 600  # enough to still be training after the fallback and the move back (~3 min)
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 2.0) -> Any:
@@ -74,7 +78,7 @@ def gauge(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def test_local_cluster_scales_for_a_job_shows_it_and_goes_down_clean(
+def test_local_cluster_scales_falls_back_to_on_demand_and_goes_down_clean(
     tmp_path: Path, local_cluster: tuple[Path, LocalCluster]
 ) -> None:
     path, cluster = local_cluster
@@ -82,13 +86,18 @@ def test_local_cluster_scales_for_a_job_shows_it_and_goes_down_clean(
     assert [n["instance_type"] for n in before["nodes"]] == ["m5.2xlarge"]  # the head alone
     assert not before["runs"]
 
-    # Two workers that each need a `spot_gpu_node`: only fake spot nodes have one.
+    # The spot pool is dry: the autoscaler may add no spot node.
+    dry = run_spotray(["up", "--local", str(path), "--spot-capacity", "0"], cwd=tmp_path)
+    assert dry.returncode == 0 and "at most 0" in dry.stdout, dry.stderr
+
+    # Two workers that each need a `spot_gpu_node`, which only fake spot nodes have; after
+    # 5 s without them, the fallback runs them on the on-demand type.
     config = write_config(
         tmp_path,
         {
             "name": "local-t",
-            "optimizer": {"steps": 80},
-            "scaling": {"resources_per_worker": {"spot_gpu_node": 1}},
+            "optimizer": {"steps": STEPS},
+            "scaling": {"resources_per_worker": {"spot_gpu_node": 1}, "on_demand_after_s": 5},
             "checkpoint": {"storage_path": str(tmp_path / "runs")},
         },
     )
@@ -107,11 +116,10 @@ def test_local_cluster_scales_for_a_job_shows_it_and_goes_down_clean(
             runs = [r for r in now["runs"] if r["run"] == "local-t" and r["state"] == "running"]
             return now if runs and runs[0]["step"] >= 1 and runs[0]["workers"] == 2 else None
 
-        during = wait_for("the job to train on 2 workers", training, timeout=240)
-        spot = [n for n in during["nodes"] if n["market"] == "spot"]
-        assert len(spot) == 2  # the autoscaler added a fake spot node per worker
-        assert {n["node_type"] for n in spot} <= {"p3_8xlarge_spot", "g5_12xlarge_spot"}
-        assert all(n["usd_per_hour"] > 0 and not n["draining"] for n in spot)
+        during = wait_for("the job to train on 2 on-demand workers", training, timeout=240)
+        workers = [n for n in during["nodes"] if n["node_type"] != "head"]
+        assert [n["node_type"] for n in workers] == ["p3_8xlarge_on_demand"] * 2
+        assert all(n["market"] == "on-demand" and n["usd_per_hour"] > 0 for n in workers)
         assert during["usd_per_hour"] == pytest.approx(
             sum(n["usd_per_hour"] for n in during["nodes"]), abs=1e-3
         )
@@ -120,7 +128,7 @@ def test_local_cluster_scales_for_a_job_shows_it_and_goes_down_clean(
 
         # The same as a person reads it.
         shown = run_spotray(["status"], cwd=tmp_path).stdout
-        assert "local-t running" in shown and ("p3.8xlarge" in shown or "g5.12xlarge" in shown)
+        assert "local-t running" in shown and "p3.8xlarge" in shown
 
         # spotray's gauges on the head's Prometheus endpoint, over real HTTP.
         def exported() -> str | None:
@@ -132,35 +140,55 @@ def test_local_cluster_scales_for_a_job_shows_it_and_goes_down_clean(
         assert gauge(text, "spotray_cluster_usd_per_hour", cluster=cluster.name) > 0
         assert gauge(text, "spotray_goodput", run="local-t") is not None
 
+        # Spot capacity is back: the job checkpoints and moves to spot nodes.
+        back = run_spotray(["up", "--local", str(path), "--spot-capacity", "2"], cwd=tmp_path)
+        assert back.returncode == 0, back.stderr
+
+        def on_spot() -> dict[str, Any] | None:
+            now = status(tmp_path, path)
+            runs = [r for r in now["runs"] if r["run"] == "local-t"]
+            spot = [n for n in now["nodes"] if n["market"] == "spot"]
+            return now if runs and runs[0]["restarts"] == 1 and len(spot) == 2 else None
+
+        moved = wait_for("the job to move back to spot", on_spot, timeout=180)
+        assert moved["runs"][0]["state"] == "running", "the run ended on demand: STEPS is too few"
+
         out, _ = job.communicate(timeout=300)
         assert job.returncode == 0, out
-        assert re.search(r"done.*local-t at step 80", out)
+        assert re.search(rf"done.*local-t at step {STEPS}", out)
     finally:
         if job.poll() is None:
             job.kill()
 
     after = status(tmp_path, path)
-    assert [r["state"] for r in after["runs"] if r["run"] == "local-t"] == ["finished"]
-    assert after["runs"][0]["last_checkpoint_step"] == 80
+    [run] = [r for r in after["runs"] if r["run"] == "local-t"]
+    assert run["state"] == "finished" and run["last_checkpoint_step"] == STEPS
+    # The move asked for a checkpoint first: it cost a few steps, not a checkpoint interval.
+    assert run["restarts"] == 1 and run["steps_lost"] < 20
 
     # Idle, the fake nodes go after the idle timeout: the head is left.
     def head_alone() -> dict[str, Any] | None:
         now = status(tmp_path, path)
         return now if [n["node_type"] for n in now["nodes"]] == ["head"] else None
 
-    idle = wait_for("idle fake nodes to be removed", head_alone, timeout=90, every=3)
-    assert idle["ended_nodes"] == {"scaled in": 2}
+    idle = wait_for("idle fake nodes to be removed", head_alone, timeout=120, every=3)
+    assert idle["ended_nodes"] == {"scaled in": 4}
 
     down = run_spotray(["down", "--local", str(path)], cwd=tmp_path, timeout=120)
     assert down.returncode == 0, down.stderr
     assert not [p for p in ours if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not cluster_processes(cluster.temp_dir, cluster.gcs_address)
 
-    # The ledger kept what Ray's node table said: the head and both spot nodes, billed.
+    # The ledger kept what Ray's node table said: the head, the two on-demand p3.8xlarge
+    # that ran the job while spot was dry (billed on demand), and the two spot nodes.
     bill = run_spotray(["cost", "--cluster", cluster.name, "--offline", "--json"], cwd=tmp_path)
     assert bill.returncode == 0, bill.stderr
     nodes = json.loads(bill.stdout)["nodes"]
-    assert sorted(n["market"] for n in nodes) == ["on-demand", "spot", "spot"]
+    workers = sorted((n["market"], n["instance_type"]) for n in nodes if n["instance_type"] != "m5.2xlarge")
+    assert workers[:2] == [("on-demand", "p3.8xlarge")] * 2
+    assert [m for m, _ in workers[2:]] == ["spot", "spot"]
+    on_demand = [n for n in nodes if n["market"] == "on-demand" and n["instance_type"] == "p3.8xlarge"]
+    assert all(n["hours"] > 0 and n["cost_usd"] == pytest.approx(n["on_demand_usd"]) for n in on_demand)
 
 
 def test_local_bad_input_is_one_line(tmp_path: Path) -> None:

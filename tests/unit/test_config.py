@@ -26,6 +26,23 @@ BAD_CONFIGS = [
     ("batch below workers", {"optimizer": {"global_batch_size": 1}}, ["global_batch_size", "max_workers"]),
     ("bad name", {"name": "../escape"}, ["name", "pattern"]),
     ("bad s3 endpoint", {"s3": {"endpoint_url": "127.0.0.1:9000"}}, ["s3.endpoint_url", "http://"]),
+    (
+        "fallback without a spot marker",
+        {"scaling": {"on_demand_after_s": 600}},
+        ["scaling", "on_demand_after_s", "resources_per_worker"],
+    ),
+    (
+        "fallback on the spot marker",
+        {
+            "scaling": {
+                "on_demand_after_s": 600,
+                "resources_per_worker": {"spot_gpu_node": 1},
+                "on_demand_resources_per_worker": {"spot_gpu_node": 1},
+            }
+        },
+        ["scaling", "on_demand_resources_per_worker", "of its own"],
+    ),
+    ("fallback wait not positive", {"scaling": {"on_demand_after_s": 0}}, ["scaling.on_demand_after_s"]),
 ]
 
 
