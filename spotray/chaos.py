@@ -33,7 +33,7 @@ from spotray import checkpoint
 from spotray.imds import IMDSClient
 from spotray.imds_server import FakeIMDS
 from spotray.recovery import FAST_HEALTH_CHECK
-from spotray.watch import NoticePolicy, RayNode, Watcher
+from spotray.watch import NoticePolicy, RayNode, Watcher, request_checkpoint
 
 SPOT_RESOURCE = "spot_node"
 WATCH_INTERVAL_S = 0.5
@@ -186,6 +186,7 @@ class EventReport:
     notice_to_checkpoint_s: float | None = None  # notice served to a checkpoint handed to Ray
     writing_at_notice: bool | None = None  # a checkpoint was still being written when it came
     kill_time: float | None = None
+    notice_served: float | None = None  # announced: when the notice went up on the node's IMDS
 
     @property
     def steps_lost(self) -> int | None:
@@ -235,8 +236,13 @@ def run_schedule(
     replace: bool,
     run: Any,
     timeout_s: float = 600.0,
+    sigterm_grace_s: float = 0.0,
 ) -> list[EventReport]:
-    """Carry out `schedule` against a running job; returns one report per event."""
+    """Carry out `schedule` against a running job; returns one report per event.
+
+    `sigterm_grace_s`: at an announced kill, the seconds a SIGTERM handler gets to save
+    before the node goes (see `run_chaos`); 0: none.
+    """
     rng = random.Random(seed + 1)
     reports: list[EventReport] = []
     waiting: EventReport | None = None  # a kill that left no node: the job waits for an add
@@ -268,8 +274,14 @@ def run_schedule(
                 victim.imds.serve_notice(lead_s=event.lead_s)
             deadline = served + event.lead_s
             timeline.wait(lambda d=deadline: time.time() >= d, event.lead_s + 5, "the notice's deadline")
+            if sigterm_grace_s:  # the instance shuts down: a SIGTERM handler saves what it can
+                request_checkpoint("SIGTERM: the instance is shutting down")
+                end = time.time() + sigterm_grace_s
+                timeline.wait(lambda e=end: time.time() >= e, sigterm_grace_s + 5, "the SIGTERM grace")
         timeline.refresh()
         kill_time = time.time()
+        report.kill_time = kill_time
+        report.notice_served = served if event.announced else None
         report.step_at_kill = timeline.step()
         notice = timeline.last("notice", before=kill_time, after=served)
         report.step_at_notice = notice["step"] if notice else None
@@ -334,8 +346,16 @@ def run_chaos(
     ray_alone: bool = False,
     slow_storage_s: float = 0.0,
     slow_step_s: float = 0.0,
+    sigterm_grace_s: float = 0.0,
 ) -> list[EventReport]:
-    """Start the local spot cluster, train under the schedule, print the report."""
+    """Start the local spot cluster, train under the schedule, print the report.
+
+    `sigterm_grace_s` plays the SIGTERM handler of a plain PyTorch script (save, then exit)
+    at the end of an announced preemption, for comparisons: the loop is asked for a
+    checkpoint and the node is killed that many seconds later. A Ray Train worker runs the
+    training function in a thread, where Python cannot install a signal handler, so the
+    request goes the way a rebalance hint's does (spotray.watch's checkpoint request).
+    """
     import json
     import logging
     from dataclasses import asdict
@@ -358,7 +378,7 @@ def run_chaos(
     cluster = LocalSpotCluster(nodes, cpus_per_node=cfg.scaling.cpus_per_worker, ray_alone=ray_alone)
     try:
         ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
-        hub = start_hub()
+        hub = start_hub(keep_steps=report_path is not None)
         outcome: dict[str, Any] = {}
 
         def run_training() -> None:
@@ -382,7 +402,9 @@ def run_chaos(
         trainer.start()
         try:
             timeline = Timeline(hub, alive=trainer.is_alive)
-            reports = run_schedule(cluster, timeline, schedule, seed, replace, run_location(cfg))
+            reports = run_schedule(
+                cluster, timeline, schedule, seed, replace, run_location(cfg), sigterm_grace_s=sigterm_grace_s
+            )
         except (TimeoutError, RuntimeError) as err:
             trainer.join(timeout=5)
             if "error" in outcome:  # training failed first: that is the story
@@ -392,6 +414,8 @@ def run_chaos(
         if "error" in outcome:
             raise outcome["error"]
         summary = outcome["summary"]
+        timeline.refresh()
+        steps = ray.get(hub.steps.remote())
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -404,6 +428,10 @@ def run_chaos(
             "wall_s": summary.wall_s,
             "checkpoint": summary.checkpoint_uri,
             "events": [dict(asdict(r), steps_lost=r.steps_lost) for r in reports],
+            # For timelines: every step's (time, step), and what the hub heard (starts,
+            # checkpoints with their stall, notices).
+            "steps": steps,
+            "hub_events": timeline.events,
         }
         Path(report_path).write_text(json.dumps(body, indent=2))
     console.print(

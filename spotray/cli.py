@@ -248,6 +248,15 @@ def chaos(
             "nodes added mid-run find the job still training.",
         ),
     ] = 0.0,
+    sigterm_grace: Annotated[
+        float,
+        typer.Option(
+            "--sigterm-grace-s",
+            min=0.0,
+            help="At each announced kill, ask the loop for a checkpoint this many seconds before "
+            "the node goes: a plain script's SIGTERM handler, for comparisons (with --ray-alone).",
+        ),
+    ] = 0.0,
 ) -> None:
     """Train CONFIG on a local multi-node Ray cluster while spot preemptions happen to it.
 
@@ -274,7 +283,19 @@ def chaos(
             schedule = [parse_event(text, lead) for text in event]
         else:
             schedule = make_schedule(seed, cfg.optimizer.steps, events, announced, lead)
-        run_chaos(cfg, nodes, schedule, seed, replace, report, console, ray_alone, slow_storage, slow_step)
+        run_chaos(
+            cfg,
+            nodes,
+            schedule,
+            seed,
+            replace,
+            report,
+            console,
+            ray_alone,
+            slow_storage,
+            slow_step,
+            sigterm_grace,
+        )
 
 
 def print_summary(summary: object) -> None:

@@ -27,7 +27,6 @@ capacity, and could not move a running job at a checkpoint.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -46,6 +45,8 @@ from ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_cli
     TrainAutoscalingCoordinatorClient,
 )
 from ray.train.v2.api.config import ScalingConfig
+
+from spotray.watch import request_checkpoint
 
 # Under ray.train: Ray Train writes these next to its own decisions, in the controller log.
 logger = logging.getLogger("ray.train.spotray.fallback")
@@ -67,21 +68,6 @@ class ReportClock(UserCallback):
         if checkpoint is not None:
             answered = [m["answers_request"] for m in metrics if m and "answers_request" in m]
             _answered_request = max([_answered_request, *answered])
-
-
-def request_checkpoint(reason: str) -> float:
-    """Ask every running training loop of the cluster for a checkpoint now (spotray.watch's
-    key); returns the request's time, which the answering checkpoint reports."""
-    from ray.experimental import internal_kv
-
-    from spotray.watch import CHECKPOINT_REQUEST_KEY, KV_NAMESPACE
-
-    asked = time.time()
-    body = json.dumps({"time": asked, "node_id": None, "reason": reason})
-    internal_kv._internal_kv_put(
-        CHECKPOINT_REQUEST_KEY, body.encode(), overwrite=True, namespace=KV_NAMESPACE
-    )
-    return asked
 
 
 ON_DEMAND_READ_EVERY_S = 2.0  # a recomputed reservation re-reads the node table: not every loop

@@ -22,16 +22,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 class ProgressHub:
     """Collects what rank 0 says: `step`, `start` and `checkpoint` events."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_steps: bool = False) -> None:
         self.latest_step: dict[str, Any] | None = None
         self.events: list[dict[str, Any]] = []
+        # (time, step) of every step event, for timelines (`spotray chaos`); off for long runs.
+        self.step_log: list[tuple[float, int]] | None = [] if keep_steps else None
 
     def push(self, event: dict[str, Any]) -> None:
         event["time"] = time.time()
         if event["kind"] == "step":
             self.latest_step = event
+            if self.step_log is not None:
+                self.step_log.append((event["time"], event["step"]))
         else:
             self.events.append(event)
+
+    def steps(self) -> list[tuple[float, int]]:
+        """Every step event's (time, step), when the hub keeps them."""
+        return list(self.step_log or [])
 
     def poll(self, since: int) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The newest step event and the other events from index `since` on."""
@@ -48,13 +56,13 @@ class ProgressHub:
         return len(starts), exposure
 
 
-def start_hub() -> Any:
+def start_hub(keep_steps: bool = False) -> Any:
     """A hub on this (the driver's) node: a 0-CPU actor could otherwise land on a spot node
     and go down with it."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return ProgressHub.options(scheduling_strategy=here).remote()
+    return ProgressHub.options(scheduling_strategy=here).remote(keep_steps)
 
 
 @dataclass

@@ -113,6 +113,19 @@ class NoticePolicy:
         self._handled.add(action.key)
 
 
+def request_checkpoint(reason: str, node_id: str | None = None) -> float:
+    """Ask every running training loop of the cluster for a checkpoint now, from a process
+    connected to Ray; returns the request's time, which the answering checkpoint reports."""
+    from ray.experimental import internal_kv
+
+    asked = time.time()
+    body = json.dumps({"time": asked, "node_id": node_id, "reason": reason})
+    internal_kv._internal_kv_put(
+        CHECKPOINT_REQUEST_KEY, body.encode(), overwrite=True, namespace=KV_NAMESPACE
+    )
+    return asked
+
+
 class RayNode:
     """The Ray side of one node: drain it, ask for a checkpoint, record notices."""
 

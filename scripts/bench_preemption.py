@@ -1,0 +1,356 @@
+"""The same job under the same preemptions, three ways: a plain script, Ray Train alone, spotray.
+
+    python scripts/bench_preemption.py                  # one run of each, about 9 minutes on 2 cores
+    python scripts/bench_preemption.py --repeats 3 --markdown BENCHMARKS.md \
+        --plot docs/preemption-timeline.png
+
+Each run is `spotray chaos` in its own process: a fresh local Ray cluster of 3 spot nodes
+(real raylets, each with a loopback IMDS), a small GPT (2 layers, 64-byte context, 200
+steps, 16 sequences per step, seed 7), its steps padded to 0.2 s (chaos --slow-step-s, a
+bigger model's pace: the notice's lead then spans 20 steps), and one schedule for all: at
+step 40 a spot notice, the node killed 4 s later (AWS's 120 s scaled to the run); at step
+100 a node killed without notice; at step 150 another notice and kill. After each kill a
+replacement node joins, as the autoscaler would bring one. The arms:
+
+- article: what the article this project grew from suggests. Fixed 2 workers, a checkpoint
+  every 20 steps (an "epoch" of the small corpus), restarts from the last checkpoint, and a
+  SIGTERM handler that saves: when the instance shuts down at the end of the notice, the
+  loop is asked for a checkpoint and the node goes 2 s later (chaos --sigterm-grace-s; a
+  Ray Train worker runs the training function in a thread, where Python cannot install a
+  signal handler, so the request goes the way a rebalance hint's does).
+- ray-alone: Ray Train with FailureConfig retries and the same periodic checkpoints, Ray's
+  default settings, nobody acting on the notices (chaos --ray-alone).
+- spotray: the watchers drain the node on the notice, the loop checkpoints at once and
+  holds, the job is elastic (1..2 workers) and the checkpoint interval is `auto`.
+
+Measured per run: wall time (the driver's fit()), goodput (seconds spent on the steps that
+survive / wall time), steps lost per preemption, seconds from each kill to the next trained
+step, checkpoint stall (seconds training paused to snapshot), the final step and loss, and
+the largest difference of any final weight from an uninterrupted 2-worker run (tolerance
+1e-4, tests/integration/conftest.py). Medians over the repeats (the table in BENCHMARKS.md
+is from --repeats 3, about 25 minutes).
+
+Then the three policies are projected to a 24-hour, 8-node p3.8xlarge job with
+spotray.simulator over the shared 16-node availability traces, with the restart seconds
+measured here: article and ray-alone as a fixed-size job that loses the work since its last
+periodic checkpoint (every 30 minutes) at each preemption (a SIGTERM save of a multi-GB
+checkpoint does not fit in the seconds an instance has after its shutdown starts), spotray as
+an elastic 4..8 job that loses none; next to the all on-demand bill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from spotray.checkpoint import SLOW_STEP_ENV  # noqa: E402
+from spotray.simulator import Job, Trace, simulate  # noqa: E402
+
+NAME = "bench-preemption"
+CONFIG: dict[str, Any] = {
+    "name": NAME,
+    "seed": 7,
+    "model": {"preset": "tiny", "n_layer": 2, "block_size": 64},
+    "optimizer": {
+        "global_batch_size": 16,
+        "micro_batch_size": 8,
+        "steps": 200,
+        "lr": 3e-3,
+        "min_lr": 3e-4,
+        "warmup_steps": 5,
+    },
+    "scaling": {"min_workers": 2, "max_workers": 2},
+    "checkpoint": {"storage_path": "./runs", "interval": 20, "keep": 10},
+    "failure": {"max_failures": 10},
+}
+SCHEDULE = ["40:announced", "100:unannounced", "150:announced"]
+LEAD_S = 4.0  # AWS: 120 s
+STEP_S = 0.2  # steps padded to this (chaos --slow-step-s): the lead spans 20 steps
+SIGTERM_GRACE_S = 2.0  # from the OS shutdown to the instance gone
+ARMS: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "article": ({}, ["--ray-alone", "--sigterm-grace-s", str(SIGTERM_GRACE_S)]),
+    "ray-alone": ({}, ["--ray-alone"]),
+    "spotray": ({"scaling": {"min_workers": 1}, "checkpoint": {"interval": "auto"}}, []),
+}
+TOLERANCE = 1e-4
+SHARED = REPO.parent / "shared" / "data" / "spot-traces" / "availability" / "16-node"
+
+
+def merged(update: dict[str, Any]) -> dict[str, Any]:
+    return {**CONFIG, **{k: {**CONFIG[k], **v} for k, v in update.items()}}
+
+
+def final_state(checkpoint: str) -> dict[str, Any]:
+    import torch
+
+    return torch.load(Path(checkpoint) / "state.pt", map_location="cpu", weights_only=False)
+
+
+def max_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
+    return max(float((a["model"][k] - b["model"][k]).abs().max()) for k in b["model"])
+
+
+def reference(workdir: Path) -> dict[str, Any]:
+    """An uninterrupted 2-worker run of the same job, on a private local Ray."""
+    path = workdir / "reference.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "spotray.cli", "train", str(path), "--fresh"],
+        cwd=workdir,
+        env={**os.environ, SLOW_STEP_ENV: str(STEP_S)},  # the same step time as the arms
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"the reference run failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    steps = CONFIG["optimizer"]["steps"]
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "state": final_state(str(workdir / "runs" / NAME / f"checkpoint_{steps:09d}")),
+    }
+
+
+def goodput(report: dict[str, Any]) -> float:
+    """Seconds spent on the steps that survive (each step's last run) over the wall time."""
+    starts = sorted(e["time"] for e in report["hub_events"] if e["kind"] == "start")
+    durations: dict[int, float] = {}
+    first_of_attempt: set[int] = set()
+    previous: tuple[float, int] | None = None
+    for t, step in report["steps"]:
+        restarted = previous is None or any(previous[0] < s <= t for s in starts)
+        if restarted or step != previous[1] + 1:
+            first_of_attempt.add(step)  # its time includes the start: counted at the median
+        else:
+            first_of_attempt.discard(step)
+            durations[step] = t - previous[0]
+        previous = (t, step)
+    typical = statistics.median(durations.values())
+    useful = sum(durations.get(s, typical) for s in range(1, report["final_step"] + 1))
+    return min(1.0, useful / report["wall_s"])
+
+
+def run_arm(arm: str, workdir: Path, ref: dict[str, Any]) -> dict[str, Any]:
+    update, flags = ARMS[arm]
+    folder = workdir / arm
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(merged(update)))
+    events = [x for e in SCHEDULE for x in ("--event", e)]
+    cmd = [sys.executable, "-m", "spotray.cli", "chaos", str(path), "--nodes", "3", *events]
+    cmd += ["--lead-s", str(LEAD_S), "--slow-step-s", str(STEP_S), "--seed", "0", "--report", "report.json"]
+    cmd += flags
+    done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise SystemExit(f"{arm} failed:\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
+    report = json.loads((folder / "report.json").read_text())
+    checkpoints = [e for e in report["hub_events"] if e["kind"] == "checkpoint"]
+    return {
+        "arm": arm,
+        "wall_s": report["wall_s"],
+        "goodput": goodput(report),
+        "lost": [e["steps_lost"] for e in report["events"]],
+        "to_step_s": [e["kill_to_resume_s"] for e in report["events"]],
+        "stall_s": sum(e["stall_s"] for e in checkpoints),
+        "checkpoints": len(checkpoints),
+        "final_step": report["final_step"],
+        "final_loss": report["final_loss"],
+        "max_diff": max_difference(final_state(report["checkpoint"]), ref["state"]),
+        "report": report,
+    }
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    announced = [i for i, e in enumerate(SCHEDULE) if e.endswith(":announced")]
+    return {
+        "wall_s": med([r["wall_s"] for r in runs]),
+        "goodput": med([r["goodput"] for r in runs]),
+        "lost": [med([r["lost"][i] for r in runs]) for i in range(len(SCHEDULE))],
+        "lost_announced": med([sum(r["lost"][i] for i in announced) for r in runs]),
+        "to_step_s": [med([r["to_step_s"][i] for r in runs]) for i in range(len(SCHEDULE))],
+        "stall_s": med([r["stall_s"] for r in runs]),
+        "final_step": {r["final_step"] for r in runs},
+        "final_loss": med([r["final_loss"] for r in runs]),
+        "max_diff": max(r["max_diff"] for r in runs),
+    }
+
+
+def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
+    """Step against time for one run of each arm, with the preemptions marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"article": "tab:orange", "ray-alone": "tab:blue", "spotray": "tab:green"}
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for arm, run in runs.items():
+        report = run["report"]
+        t0 = min(e["time"] for e in report["hub_events"] if e["kind"] == "start")
+        ts = [t - t0 for t, _ in report["steps"]]
+        ax.plot(ts, [s for _, s in report["steps"]], ".", markersize=2, color=colors[arm], label=arm)
+        for e in report["events"]:
+            ax.axvline(e["kill_time"] - t0, color=colors[arm], linestyle="--", linewidth=0.8, alpha=0.7)
+            if e["notice_served"]:
+                ax.axvline(
+                    e["notice_served"] - t0, color=colors[arm], linestyle=":", linewidth=0.8, alpha=0.7
+                )
+    ax.set_xlabel("seconds since the first worker group started")
+    ax.set_ylabel("step")
+    ax.set_title(
+        "Same job, same preemptions (dotted: spot notice, dashed: node killed; " + ", ".join(SCHEDULE) + ")",
+        fontsize=9,
+    )
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def project(summary: dict[str, dict[str, Any]], spot_price: float, on_demand_price: float) -> list[str]:
+    """The three policies on a 24 h, 8-node job over the shared traces (medians over start times)."""
+    step_s, steps, every = 1.0, 24 * 3600, 1800
+    arms = {
+        "article": ("fixed", False),
+        "ray-alone": ("fixed", False),
+        "spotray": ("elastic", True),
+    }
+    rows = []
+    traces = sorted(SHARED.glob("*/*.json"))
+    for trace_path in traces:
+        trace = Trace.load(trace_path)
+        starts = [trace.rotated(i * len(trace.available) // 8) for i in range(8)]
+        for arm, (policy, announced) in [*arms.items(), ("on-demand", ("on-demand", True))]:
+            restart = med(summary[arm]["to_step_s"]) if arm in summary else 0.0
+            job = Job(
+                workers=8,
+                min_workers=4,
+                steps=steps,
+                step_s=step_s,
+                restart_s=restart,
+                checkpoint_every=every,
+                announced=announced,
+                spot_price=spot_price,
+                on_demand_price=on_demand_price,
+            )
+            results = [simulate(policy, job, t) for t in starts]
+            hours = med([r.completion_s for r in results]) / 3600
+            spot = med([r.spot_usd(job) for r in results])
+            demand = med([r.on_demand_usd(job) for r in results])
+            total = med([r.spot_usd(job) + r.on_demand_usd(job) for r in results])
+            done = sum(r.finished for r in results)
+            rows.append(
+                f"| {trace_path.parent.name}/{trace_path.stem} | {arm} | {done}/{len(results)} | "
+                f"{hours:.1f} | "
+                f"{med([r.goodput() for r in results]):.3f} | {spot:,.0f} | {demand:,.0f} | {total:,.0f} |"
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each arm; medians reported")
+    parser.add_argument("--markdown", type=Path, help="append the results as a section to this file")
+    parser.add_argument("--plot", type=Path, help="PNG timeline of the first repeat")
+    parser.add_argument("--on-demand-price", type=float, default=12.24, help="p3.8xlarge $/h (bundled table)")
+    parser.add_argument("--spot-price", type=float, default=3.672, help="$/h; default: 70%% below on demand")
+    args = parser.parse_args()
+
+    started = time.time()
+    results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+    with tempfile.TemporaryDirectory(prefix="bench-preemption-") as tmp:
+        workdir = Path(tmp)
+        print("reference: an uninterrupted 2-worker run ...", flush=True)
+        (workdir / "reference").mkdir()
+        ref = reference(workdir / "reference")
+        print(f"reference: {ref['wall_s']:.0f} s", flush=True)
+        for r in range(args.repeats):
+            for arm in ARMS:
+                print(f"repeat {r + 1}/{args.repeats} {arm:<10} ...", end=" ", flush=True)
+                run = run_arm(arm, workdir / f"r{r}", ref)
+                results[arm].append(run)
+                print(
+                    f"wall {run['wall_s']:.0f} s, goodput {run['goodput']:.2f}, lost {run['lost']}, "
+                    f"to step {[round(s, 1) for s in run['to_step_s']]} s, final step {run['final_step']}, "
+                    f"max |dw| {run['max_diff']:.1e}  ({(time.time() - started) / 60:.1f} min so far)",
+                    flush=True,
+                )
+    summary = {arm: summarize(runs) for arm, runs in results.items()}
+    table = [
+        "| arm | wall s | goodput | steps lost (40 ann., 100 unann., 150 ann.) | kill to next step s | "
+        "checkpoint stall s | final step | final loss | max \\|w - uninterrupted\\| |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, s in summary.items():
+        table.append(
+            f"| {arm} | {s['wall_s']:.0f} | {s['goodput']:.3f} | {' / '.join(f'{x:g}' for x in s['lost'])} | "
+            f"{' / '.join(f'{x:.1f}' for x in s['to_step_s'])} | {s['stall_s']:.2f} | "
+            f"{'/'.join(map(str, sorted(s['final_step'])))} | {s['final_loss']:.4f} | {s['max_diff']:.1e} |"
+        )
+    projection = [
+        "| trace | policy | finished | hours | goodput | spot $ | on-demand $ | total $ |",
+        "|---|---|---|---|---|---|---|---|",
+        *project(summary, args.spot_price, args.on_demand_price),
+    ]
+    spot = summary["spotray"]
+    goals = (
+        f"spotray: goodput {spot['goodput']:.3f} (goal >= 0.9), {spot['lost_announced']:g} steps lost to "
+        f"announced preemptions (goal 0), wall {spot['wall_s']:.0f} s against "
+        f"{summary['article']['wall_s']:.0f} s (article) and "
+        f"{summary['ray-alone']['wall_s']:.0f} s (Ray alone); "
+        f"final weights within {spot['max_diff']:.1e} of the uninterrupted run (tolerance {TOLERANCE:g}: "
+        f"{'holds' if spot['max_diff'] <= TOLERANCE else 'does not hold'})"
+    )
+    print("\n" + "\n".join(table) + "\n\n" + goals + "\n\n" + "\n".join(projection))
+    if args.plot:
+        plot({arm: runs[0] for arm, runs in results.items()}, args.plot)
+        print(f"timeline: {args.plot}")
+    if args.markdown:
+        command = "python scripts/bench_preemption.py " + " ".join(sys.argv[1:])
+        machine = f"{platform.node()}, {os.cpu_count()} cores"
+        section = [
+            f"\n### Head to head, {time.strftime('%Y-%m-%d')} ({machine})",
+            "",
+            f"`{command.strip()}`: medians of {args.repeats} runs per arm, reference run "
+            f"{ref['wall_s']:.0f} s (uninterrupted, same job), "
+            f"whole script {(time.time() - started) / 60:.1f} min.",
+            "",
+            *table,
+            "",
+            goals + ".",
+            "",
+            f"Projected to 24 h of 8 x p3.8xlarge (on demand ${args.on_demand_price}/h, "
+            f"spot ${args.spot_price}/h), "
+            "restart seconds as measured above, medians over 8 start times per trace:",
+            "",
+            *projection,
+            "",
+        ]
+        with args.markdown.open("a") as out:
+            out.write("\n".join(section))
+        print(f"appended to {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()
