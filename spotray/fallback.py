@@ -11,8 +11,9 @@ waits, and the autoscaler keeps asking for spot nodes. With it:
    the spot request stays, so spot nodes keep being tried;
 3. on on-demand, spot capacity for `min_workers` again: ask the training loop for a
    checkpoint (the request a rebalance hint makes), move the job back to spot once it is
-   reported (one restart from it: a step or two lost, not a checkpoint interval), and drop
-   the on-demand request; the idle on-demand nodes go at the autoscaler's idle timeout.
+   reported (one restart from it: the few seconds of steps until the controller acts, not
+   a checkpoint interval), and drop the on-demand request; the idle on-demand nodes go at
+   the autoscaler's idle timeout.
 
 Only `min_workers` run on demand: the fallback is there to keep the run moving, not to
 buy speed at on-demand prices. Worker groups are one market or the other, never mixed

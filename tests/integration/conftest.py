@@ -48,10 +48,21 @@ def assert_same_trajectory(a: dict, b: dict) -> None:
     differently (16 sequences as 8+8 on 2 ranks but 5+5+6 on 3) change the sums inside each
     forward pass too, and Adam turns that noise on rarely used embedding rows into ~1e-2:
     measured 1.3e-2 between uninterrupted 2- and 3-worker runs of TEST_CONFIG.
+
+    One slice is left out: the key part of each attention bias. Softmax does not change when
+    the same number is added to every score of a query, so the model's output does not
+    depend on the key bias and its true gradient is zero; what it gets is rounding noise,
+    which Adam scales up to learning-rate-sized steps. Summed in another order, that noise
+    differs: measured 8e-4 on it between a 3 -> 2 -> 3 -> 1-worker run and an uninterrupted
+    3-worker one, where every other weight stayed within 2e-5.
     """
     assert a["model"].keys() == b["model"].keys()
     for key in b["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-4)
+        x, y = a["model"][key], b["model"][key]
+        if key.endswith("attn.qkv.bias"):  # [query | key | value]: drop the key third
+            width = y.shape[0] // 3
+            x, y = torch.cat([x[:width], x[2 * width :]]), torch.cat([y[:width], y[2 * width :]])
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-4, msg=lambda m, key=key: f"{key}: {m}")
     assert a["scheduler"] == b["scheduler"]
 
 

@@ -28,7 +28,7 @@ from tests.conftest import REPO, SPOTRAY, no_aws_env, run_spotray, spotray_env, 
 pytestmark = pytest.mark.integration
 
 IDLE_TIMEOUT_MIN = 0.2  # cluster.local.yaml says 0.5; 12 s keeps the test short
-STEPS = 600  # enough to still be training after the fallback and the move back (~3 min)
+STEPS = 450  # enough to still be training after the fallback and the move back
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 2.0) -> Any:
@@ -98,7 +98,8 @@ def test_local_cluster_scales_falls_back_to_on_demand_and_goes_down_clean(
             "name": "local-t",
             "optimizer": {"steps": STEPS},
             "scaling": {"resources_per_worker": {"spot_gpu_node": 1}, "on_demand_after_s": 5},
-            "checkpoint": {"storage_path": str(tmp_path / "runs")},
+            # Periodic checkpoints far apart: the move back to spot must ask for its own.
+            "checkpoint": {"storage_path": str(tmp_path / "runs"), "interval": 200},
         },
     )
     job = subprocess.Popen(
@@ -163,8 +164,10 @@ def test_local_cluster_scales_falls_back_to_on_demand_and_goes_down_clean(
     after = status(tmp_path, path)
     [run] = [r for r in after["runs"] if r["run"] == "local-t"]
     assert run["state"] == "finished" and run["last_checkpoint_step"] == STEPS
-    # The move asked for a checkpoint first: it cost a few steps, not a checkpoint interval.
-    assert run["restarts"] == 1 and run["steps_lost"] < 20
+    # The move asked for a checkpoint first, so it cost the seconds until Ray Train acted on
+    # it (the loop polls the request every 1 s, the controller collects reports every 2 s and
+    # decides at its next poll: ~11 steps measured here), not up to an interval (200 steps).
+    assert run["restarts"] == 1 and run["steps_lost"] <= 30
 
     # Idle, the fake nodes go after the idle timeout: the head is left.
     def head_alone() -> dict[str, Any] | None:
