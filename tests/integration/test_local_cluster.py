@@ -28,7 +28,7 @@ from tests.conftest import REPO, SPOTRAY, no_aws_env, run_spotray, spotray_env, 
 pytestmark = pytest.mark.integration
 
 IDLE_TIMEOUT_MIN = 0.2  # cluster.local.yaml says 0.5; 12 s keeps the test short
-STEPS = 450  # enough to still be training after the fallback and the move back
+STEPS = 400  # enough to still be training after the fallback and the move back
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 2.0) -> Any:
