@@ -57,6 +57,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from spotray import checkpoint as ckpt  # noqa: E402
 from spotray.checkpoint import SLOW_STEP_ENV  # noqa: E402
 from spotray.simulator import Job, Trace, simulate  # noqa: E402
 
@@ -97,7 +98,7 @@ def merged(update: dict[str, Any]) -> dict[str, Any]:
 def final_state(checkpoint: str) -> dict[str, Any]:
     import torch
 
-    return torch.load(Path(checkpoint) / "state.pt", map_location="cpu", weights_only=False)
+    return torch.load(Path(checkpoint) / ckpt.STATE_FILE, map_location="cpu", weights_only=False)
 
 
 def max_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
@@ -122,7 +123,7 @@ def reference(workdir: Path) -> dict[str, Any]:
     steps = CONFIG["optimizer"]["steps"]
     return {
         "wall_s": time.perf_counter() - t0,
-        "state": final_state(str(workdir / "runs" / NAME / f"checkpoint_{steps:09d}")),
+        "state": final_state(str(workdir / "runs" / NAME / ckpt.dir_name(steps))),
     }
 
 

@@ -103,7 +103,8 @@ class FallbackRule:
 
 
 def _count(reserved: dict[str, dict[str, float]], per_worker: dict[str, float], cap: int) -> int:
-    """How many workers of this shape the reserved resources hold (Ray's count, without TPUs)."""
+    """How many on-demand workers the reserved resources hold: Ray's count
+    (`_count_possible_workers`, bound to the spot ScalingConfig), for another shape."""
     needs = {k: v for k, v in per_worker.items() if v > 0}
     total = sum(int(min(node.get(k, 0.0) // v for k, v in needs.items())) for node in reserved.values())
     return min(total, cap)
@@ -134,11 +135,7 @@ class SpotFallbackPolicy(ElasticScalingPolicy):
 
     def _spot_workers(self) -> int | None:
         reserved = self._get_reserved_resources()
-        if reserved is None:
-            return None
-        return _count(
-            reserved, self.scaling_config._resources_per_worker_not_none, self.scaling_config.max_workers
-        )
+        return None if reserved is None else self._count_possible_workers(reserved)  # Ray's own count
 
     def _on_demand_workers(self) -> int:
         """On-demand workers the coordinator holds for this job, asking for them first."""

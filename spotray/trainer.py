@@ -183,7 +183,7 @@ def build_trainer(
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
             # Elastic jobs re-size from the cluster view; keep it true after a loss (spotray.recovery).
             callbacks=[
-                *([FreshClusterView()] if (elastic or fallback) and not ray_defaults else []),
+                *([FreshClusterView()] if (elastic and not ray_defaults) or fallback else []),
                 *([ReportClock()] if fallback else []),
             ],
             failure_config=FailureConfig(
