@@ -105,10 +105,15 @@ class SpotNode:
 class LocalSpotCluster:
     """A head (no spot resource) and spot nodes that can be preempted, on one machine."""
 
-    def __init__(self, nodes: int, cpus_per_node: float = 1.0, ray_alone: bool = False) -> None:
+    def __init__(
+        self, nodes: int, cpus_per_node: float = 1.0, ray_alone: bool = False, gpus_per_node: int = 0
+    ) -> None:
         from ray.cluster_utils import Cluster
 
         self.cpus_per_node = cpus_per_node
+        # Fake nodes on one machine see the same GPUs: a 1-GPU node each, one worker per node,
+        # gives every worker group a real CUDA device (and the same one after a move).
+        self.gpus_per_node = gpus_per_node
         self.watch = not ray_alone  # Ray alone: notices are served, nobody acts on them
         # The head hosts the driver-side actors (controller, hub); the dashboard serves the
         # State API that tells which node each worker is on.
@@ -131,7 +136,10 @@ class LocalSpotCluster:
 
     def add_node(self) -> SpotNode:
         node = self.cluster.add_node(
-            num_cpus=self.cpus_per_node, resources={SPOT_RESOURCE: 1}, log_to_stderr=False
+            num_cpus=self.cpus_per_node,
+            num_gpus=self.gpus_per_node,
+            resources={SPOT_RESOURCE: 1},
+            log_to_stderr=False,
         )
         imds = FakeIMDS(instance_id=f"i-{node.node_id[:17]}").start()
         watcher = Watcher(
@@ -375,7 +383,12 @@ def run_chaos(
         os.environ[checkpoint.SLOW_WRITE_ENV] = str(slow_storage_s)
     if slow_step_s:
         os.environ[checkpoint.SLOW_STEP_ENV] = str(slow_step_s)
-    cluster = LocalSpotCluster(nodes, cpus_per_node=cfg.scaling.cpus_per_worker, ray_alone=ray_alone)
+    cluster = LocalSpotCluster(
+        nodes,
+        cpus_per_node=cfg.scaling.cpus_per_worker,
+        ray_alone=ray_alone,
+        gpus_per_node=1 if cfg.scaling.use_gpu else 0,
+    )
     try:
         ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
         hub = start_hub(keep_steps=report_path is not None)

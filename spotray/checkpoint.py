@@ -15,10 +15,11 @@ file listed has its listed size: a node killed in the middle of a write or uploa
 folder that `scan` reports as torn and `latest` never returns.
 
 Why storage, not only `ray.train.get_checkpoint()`: Ray registers a checkpoint when its
-controller polls the workers' reports (every `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`, 2 s) and
-drops every report still queued when a worker dies. A checkpoint uploaded in full less than
-one poll before a kill is therefore in storage but unknown to Ray, which restores an older
-one. The training loop resumes from the newest complete checkpoint of either kind.
+controller polls the workers' reports (every `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`: 2 s by
+default, 1 s as spotray sets it) and drops every report still queued when a worker dies. A
+checkpoint uploaded in full less than one poll before a kill is therefore in storage but
+unknown to Ray, which restores an older one. The training loop resumes from the newest
+complete checkpoint of either kind.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Off by default (`scaling.on_demand_after_s`). Without it a job below `min_worker
 waits, and the autoscaler keeps asking for spot nodes. With it:
 
 1. spot capacity for at least `min_workers` workers: run there, as Ray's elastic policy
-   does (`ElasticScalingPolicy`, which this extends: shrink at once, grow at its checks);
+   does (`FreshElasticPolicy`, which this extends: shrink at once, grow at its checks);
 2. below `min_workers` on spot for `on_demand_after_s` seconds: ask the autoscaler for
    `min_workers` on-demand workers (`scaling.on_demand_resources_per_worker`, which only
    cluster.yaml's on-demand GPU type has) and start the job on them as soon as they exist;
@@ -36,7 +36,6 @@ from typing import Any, Literal
 import ray
 from ray.train import UserCallback
 from ray.train.v2._internal.execution.scaling_policy import (
-    ElasticScalingPolicy,
     NoopDecision,
     ResizeDecision,
     ScalingDecision,
@@ -47,6 +46,7 @@ from ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_cli
 )
 from ray.train.v2.api.config import ScalingConfig
 
+from spotray.recovery import FRESH_EVERY_S, FreshElasticPolicy
 from spotray.watch import request_checkpoint
 
 # Under ray.train: Ray Train writes these next to its own decisions, in the controller log.
@@ -69,9 +69,6 @@ class ReportClock(UserCallback):
         if checkpoint is not None:
             answered = [m["answers_request"] for m in metrics if m and "answers_request" in m]
             _answered_request = max([_answered_request, *answered])
-
-
-ON_DEMAND_READ_EVERY_S = 2.0  # a recomputed reservation re-reads the node table: not every loop
 
 
 @dataclass
@@ -110,7 +107,7 @@ def _count(reserved: dict[str, dict[str, float]], per_worker: dict[str, float], 
     return min(total, cap)
 
 
-class SpotFallbackPolicy(ElasticScalingPolicy):
+class SpotFallbackPolicy(FreshElasticPolicy):
     """Ray Train's elastic policy over spot nodes, falling back to on-demand ones (module doc)."""
 
     def __init__(self, scaling_config: ScalingConfig, on_demand_resources: dict[str, float], after_s: float):
@@ -142,7 +139,7 @@ class SpotFallbackPolicy(ElasticScalingPolicy):
         assert self._on_demand_client is not None
         self._on_demand_client.maybe_send_resource_request(self._on_demand_config, self._rule.min_workers)
         now = time.monotonic()
-        if now - self._on_demand_read_at < ON_DEMAND_READ_EVERY_S:
+        if now - self._on_demand_read_at < FRESH_EVERY_S:
             return self._on_demand_seen
         self._on_demand_read_at = now
         coordinator = self._on_demand_client._autoscaling_coordinator

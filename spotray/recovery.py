@@ -20,9 +20,11 @@ spotray fixes the two stale views where they live, with settings and APIs Ray of
   seconds at most) until the GCS has marked a node dead, then asks the coordinator to
   recompute its view (`get_reserved_resources(recompute=True)`, the coordinator's own
   API for callers that must not trust a stale tick), so the policy's next decision sees
-  the nodes that exist. The same on the way up: at a report (a checkpoint) that finds
-  nodes that were not there at the last one, so the resize check
-  (`scaling.resize_check_s`) sees new capacity without waiting out the 20 s tick.
+  the nodes that exist.
+- `FreshElasticPolicy`, Ray's elastic policy reading the coordinator with that same
+  recompute whenever it looks: on the way up, a node that joined is seen at the next resize
+  check (`scaling.resize_check_s`), not at the check after the coordinator's next tick,
+  which took up to 20 s more.
 
 The start timeout is left alone: lowering it would also cut short legitimate slow starts
 (cold GPU nodes), and a timed-out start is retried for ever.
@@ -34,12 +36,15 @@ import logging
 import time
 from typing import Any
 
+import ray
 from ray.train import UserCallback
+from ray.train.v2._internal.execution.scaling_policy import ElasticScalingPolicy
 
 logger = logging.getLogger("spotray.recovery")
 
 # Ray system config for the head node of clusters spotray starts (chaos, cluster.local.yaml).
 FAST_HEALTH_CHECK = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+FRESH_EVERY_S = 2.0  # the most often a policy makes the coordinator recompute its view
 WAIT_FOR_DEATH_S = 5.0  # longer than FAST_HEALTH_CHECK takes; a plain worker error pays this once
 COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # (name, namespace) in Ray 2.60
 
@@ -57,13 +62,9 @@ class FreshClusterView(UserCallback):
         self._known: set[str] | None = None
 
     def after_report(self, run_context: Any, metrics: Any, checkpoint: Any) -> None:
-        now = alive_nodes()  # the nodes of a healthy, running job
-        if self._known is not None and now - self._known:  # capacity came back: let it be seen
-            _refresh_coordinator()
-        self._known = now
+        self._known = alive_nodes()  # the nodes of a healthy, running job
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
-
         known = self._known or alive_nodes()
         deadline = time.monotonic() + WAIT_FOR_DEATH_S
         while not (known - alive_nodes()) and time.monotonic() < deadline:
@@ -74,13 +75,33 @@ class FreshClusterView(UserCallback):
             logger.info("refreshed the cluster view after a failure; nodes lost: %s", sorted(lost) or "none")
 
 
-def _refresh_coordinator() -> bool:
-    """Make the coordinator re-read the node table now; False where there is none."""
-    import ray
+class FreshElasticPolicy(ElasticScalingPolicy):
+    """Ray Train's elastic policy, deciding on the cluster as it is now (module doc).
 
+    Its reads of the coordinator recompute the coordinator's view first, at most every
+    `FRESH_EVERY_S`: Ray warns that a recompute costs a full tick (one read of the node
+    table), so a waiting job's once-a-second reads do not all pay it. A running job reads
+    only at its resize checks, which always get a fresh view.
+    """
+
+    def __init__(self, scaling_config: Any) -> None:
+        super().__init__(scaling_config)
+        self._refreshed_at = float("-inf")
+
+    def _get_reserved_resources(self) -> Any:
+        now = time.monotonic()
+        due = now - self._latest_reserved_resources_query_time >= self.GET_RESERVED_RESOURCES_INTERVAL_S
+        if due and now - self._refreshed_at >= FRESH_EVERY_S:
+            self._refreshed_at = now
+            _refresh_coordinator(self._requester_id)
+        return super()._get_reserved_resources()
+
+
+def _refresh_coordinator(requester: str = "spotray") -> bool:
+    """Make the coordinator re-read the node table now; False where there is none."""
     try:
         coordinator = ray.get_actor(*COORDINATOR)
-        ray.get(coordinator.get_reserved_resources.remote("spotray", recompute=True), timeout=10)
+        ray.get(coordinator.get_reserved_resources.remote(requester, recompute=True), timeout=10)
     except (ValueError, ray.exceptions.RayError) as err:  # no coordinator: not an elastic job
         logger.debug("no autoscaling coordinator to refresh: %s", err)
         return False

@@ -39,6 +39,10 @@ RAY_TRAIN_SETTINGS = {
     # Ray Train's own drain watcher polls every 5 s by default; a spot notice leaves 120 s,
     # and every second of it is useful training or checkpointing.
     "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
+    # The controller polls its workers this often (Ray: 2 s): a worker that failed, a
+    # preemption deadline that passed and a reported checkpoint all wait for the next poll.
+    # One small call per worker per second; it took ~0.5 s off the average restart here.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1",
 }
 
 
@@ -146,8 +150,8 @@ def build_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from spotray.fallback import ReportClock
-    from spotray.recovery import FreshClusterView
+    from spotray.fallback import ReportClock, SpotFallbackPolicy
+    from spotray.recovery import FreshClusterView, FreshElasticPolicy
     from train.loop import train_loop_per_worker
 
     s = cfg.scaling
@@ -161,9 +165,14 @@ def build_trainer(
     )
     storage_root = resolve(cfg.checkpoint.storage_path, cfg.s3)
     fallback = s.on_demand_after_s is not None and not ray_defaults
-    trainer_cls = (
-        fallback_trainer(s.on_demand_resources_per_worker, s.on_demand_after_s) if fallback else TorchTrainer
-    )
+    if fallback:
+        trainer_cls = policy_trainer(
+            lambda c: SpotFallbackPolicy(c, s.on_demand_resources_per_worker, s.on_demand_after_s)
+        )
+    elif elastic and not ray_defaults:
+        trainer_cls = policy_trainer(FreshElasticPolicy)
+    else:
+        trainer_cls = TorchTrainer
     return trainer_cls(
         train_loop_per_worker,
         train_loop_config={
@@ -194,22 +203,21 @@ def build_trainer(
     )
 
 
-def fallback_trainer(on_demand_resources: dict[str, float], after_s: float) -> type:
-    """A TorchTrainer whose controller runs spotray's on-demand fallback (spotray.fallback).
+def policy_trainer(make_policy: Callable[[Any], Any]) -> type:
+    """A TorchTrainer whose controller runs `make_policy(scaling_config)` as its scaling policy
+    (spotray.recovery.FreshElasticPolicy, spotray.fallback.SpotFallbackPolicy).
 
     Ray Train 2.60 builds its scaling policy from the ScalingConfig alone; the one seam to
     hand it another is the trainer's `_initialize_and_run_controller`.
     """
     from ray.train.torch import TorchTrainer
 
-    from spotray.fallback import SpotFallbackPolicy
-
-    class FallbackTorchTrainer(TorchTrainer):
+    class PolicyTorchTrainer(TorchTrainer):
         def _initialize_and_run_controller(self, **kwargs: Any) -> Any:
-            kwargs["scaling_policy"] = SpotFallbackPolicy(self.scaling_config, on_demand_resources, after_s)
+            kwargs["scaling_policy"] = make_policy(self.scaling_config)
             return super()._initialize_and_run_controller(**kwargs)
 
-    return FallbackTorchTrainer
+    return PolicyTorchTrainer
 
 
 def _failure_message(err: Exception) -> str:
