@@ -21,9 +21,9 @@ checkpoint every 20 steps):
 Arms: `spotray` (watchers drain on notice, the loop checkpoints and holds, fast GCS health
 check, fresh cluster view after a failure and at each resize check) and `ray-alone`
 (`--ray-alone`: notices are served but nobody acts on them, Ray's default settings; the same
-loop with its periodic checkpoints). Medians over the repeats of: steps lost, seconds from the notice to a
-checkpoint handed to Ray, seconds from the kill (grow: the node joining) to the first step
-of the new worker group.
+loop with its periodic checkpoints). Medians over the repeats of: steps lost, seconds from
+the notice to a checkpoint handed to Ray, seconds from the kill (grow: the node joining) to
+the first step of the new worker group.
 """
 
 from __future__ import annotations
