@@ -162,6 +162,7 @@ class SpotFallbackPolicy(FreshElasticPolicy):
             self._on_demand_client.cancel_resource_request()
 
     def make_decision_for_non_running_worker_group(self) -> ScalingDecision:
+        self.refresh_view()
         self._maybe_send_resource_request()  # spot, always
         spot = self._spot_workers()
         if spot is None:

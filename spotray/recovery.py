@@ -20,11 +20,13 @@ spotray fixes the two stale views where they live, with settings and APIs Ray of
   seconds at most) until the GCS has marked a node dead, then asks the coordinator to
   recompute its view (`get_reserved_resources(recompute=True)`, the coordinator's own
   API for callers that must not trust a stale tick), so the policy's next decision sees
-  the nodes that exist.
-- `FreshElasticPolicy`, Ray's elastic policy reading the coordinator with that same
-  recompute whenever it looks: on the way up, a node that joined is seen at the next resize
-  check (`scaling.resize_check_s`), not at the check after the coordinator's next tick,
-  which took up to 20 s more.
+  the nodes that exist. The same on the way up: at a report (a checkpoint) that finds
+  nodes that were not there at the last one, so the resize check
+  (`scaling.resize_check_s`) sees new capacity without waiting out the 20 s tick, and the
+  job grows right after a checkpoint.
+- `FreshElasticPolicy`, Ray's elastic policy with that same recompute before each decision
+  while the job waits for capacity (at most every 2 s), so that nodes coming back after
+  every node was lost are seen within seconds, not at the coordinator's next 20 s tick.
 
 The start timeout is left alone: lowering it would also cut short legitimate slow starts
 (cold GPU nodes), and a timed-out start is retried for ever.
@@ -62,7 +64,10 @@ class FreshClusterView(UserCallback):
         self._known: set[str] | None = None
 
     def after_report(self, run_context: Any, metrics: Any, checkpoint: Any) -> None:
-        self._known = alive_nodes()  # the nodes of a healthy, running job
+        now = alive_nodes()  # the nodes of a healthy, running job
+        if self._known is not None and now - self._known:  # capacity came back: let it be seen
+            _refresh_coordinator()
+        self._known = now
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
         known = self._known or alive_nodes()
@@ -76,25 +81,29 @@ class FreshClusterView(UserCallback):
 
 
 class FreshElasticPolicy(ElasticScalingPolicy):
-    """Ray Train's elastic policy, deciding on the cluster as it is now (module doc).
+    """Ray Train's elastic policy, deciding on the cluster as it is now while a job waits
+    (module doc).
 
-    Its reads of the coordinator recompute the coordinator's view first, at most every
-    `FRESH_EVERY_S`: Ray warns that a recompute costs a full tick (one read of the node
-    table), so a waiting job's once-a-second reads do not all pay it. A running job reads
-    only at its resize checks, which always get a fresh view.
+    Before a decision for a group that is not running, the coordinator recomputes its view,
+    at most every `FRESH_EVERY_S`: Ray warns that a recompute costs a full tick (one read of
+    the node table), and a waiting job decides every second. A running job is left to Ray's
+    resize check and `FreshClusterView`, so that it grows right after a checkpoint, not
+    at a moment that throws away the steps since the last one.
     """
 
     def __init__(self, scaling_config: Any) -> None:
         super().__init__(scaling_config)
         self._refreshed_at = float("-inf")
 
-    def _get_reserved_resources(self) -> Any:
+    def refresh_view(self) -> None:
         now = time.monotonic()
-        due = now - self._latest_reserved_resources_query_time >= self.GET_RESERVED_RESOURCES_INTERVAL_S
-        if due and now - self._refreshed_at >= FRESH_EVERY_S:
+        if now - self._refreshed_at >= FRESH_EVERY_S:
             self._refreshed_at = now
             _refresh_coordinator(self._requester_id)
-        return super()._get_reserved_resources()
+
+    def make_decision_for_non_running_worker_group(self) -> Any:
+        self.refresh_view()
+        return super().make_decision_for_non_running_worker_group()
 
 
 def _refresh_coordinator(requester: str = "spotray") -> bool:
