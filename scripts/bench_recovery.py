@@ -14,12 +14,13 @@ checkpoint every 20 steps):
   replacement, so the job must go on with one worker.
 - grow: an elastic 1..2-worker job on 1 node, steps slowed to 1 s (a bigger model); at step
   20 a second node joins, and the job must grow onto it. spotray checks for room every 10 s
-  (`scaling.resize_check_s`) and refreshes Ray's cluster view at a checkpoint that finds new
-  nodes; Ray alone checks every 60 s and sees new nodes at its coordinator's 20 s tick.
+  (`scaling.resize_check_s`) on a freshly recomputed cluster view, and grows after a
+  checkpoint it asks for; Ray alone checks every 60 s and sees new nodes at its
+  coordinator's 20 s tick.
 
 Arms: `spotray` (watchers drain on notice, the loop checkpoints and holds, fast GCS health
-check, fresh cluster view after a failure, at a checkpoint that finds new nodes and while
-the job waits) and `ray-alone`
+check, fresh cluster view after a failure and at each decision, growth after a checkpoint)
+and `ray-alone`
 (`--ray-alone`: notices are served but nobody acts on them, Ray's default settings; the same
 loop with its periodic checkpoints). Medians over the repeats of: steps lost, seconds from
 the notice to a checkpoint handed to Ray, seconds from the kill (grow: the node joining) to

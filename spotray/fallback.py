@@ -4,16 +4,17 @@ Off by default (`scaling.on_demand_after_s`). Without it a job below `min_worker
 waits, and the autoscaler keeps asking for spot nodes. With it:
 
 1. spot capacity for at least `min_workers` workers: run there, as Ray's elastic policy
-   does (`FreshElasticPolicy`, which this extends: shrink at once, grow at its checks);
+   does (`FreshElasticPolicy`, which this extends: shrink at once, grow at its checks after
+   a checkpoint);
 2. below `min_workers` on spot for `on_demand_after_s` seconds: ask the autoscaler for
    `min_workers` on-demand workers (`scaling.on_demand_resources_per_worker`, which only
    cluster.yaml's on-demand GPU type has) and start the job on them as soon as they exist;
    the spot request stays, so spot nodes keep being tried;
 3. on on-demand, spot capacity for `min_workers` again: ask the training loop for a
-   checkpoint (the request a rebalance hint makes), move the job back to spot once it is
-   reported (one restart from it: the few seconds of steps until the controller acts, not
-   a checkpoint interval), and drop the on-demand request; the idle on-demand nodes go at
-   the autoscaler's idle timeout.
+   checkpoint (`FreshElasticPolicy.after_checkpoint`, as a growth does), move the job back
+   to spot once it is reported (one restart from it: the few seconds of steps until the
+   controller acts, not a checkpoint interval), and drop the on-demand request; the idle
+   on-demand nodes go at the autoscaler's idle timeout.
 
 Only `min_workers` run on demand: the fallback is there to keep the run moving, not to
 buy speed at on-demand prices. Worker groups are one market or the other, never mixed
@@ -34,7 +35,6 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import ray
-from ray.train import UserCallback
 from ray.train.v2._internal.execution.scaling_policy import (
     NoopDecision,
     ResizeDecision,
@@ -47,28 +47,11 @@ from ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_cli
 from ray.train.v2.api.config import ScalingConfig
 
 from spotray.recovery import FRESH_EVERY_S, FreshElasticPolicy
-from spotray.watch import request_checkpoint
 
 # Under ray.train: Ray Train writes these next to its own decisions, in the controller log.
 logger = logging.getLogger("ray.train.spotray.fallback")
 
 Market = Literal["spot", "on-demand"]
-CHECKPOINT_WAIT_S = 60.0  # a loop that does not answer the request still moves, from its last checkpoint
-
-# The newest checkpoint request that a reported checkpoint answered, in the controller's
-# process: set by ReportClock, read by SpotFallbackPolicy (both live in Ray Train's
-# controller actor, which runs one run).
-_answered_request = 0.0
-
-
-class ReportClock(UserCallback):
-    """Notes which checkpoint request a reported checkpoint answers (train.loop reports it)."""
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        global _answered_request
-        if checkpoint is not None:
-            answered = [m["answers_request"] for m in metrics if m and "answers_request" in m]
-            _answered_request = max([_answered_request, *answered])
 
 
 @dataclass
@@ -123,8 +106,6 @@ class SpotFallbackPolicy(FreshElasticPolicy):
         self._running_on: Market | None = None
         self._on_demand_read_at = float("-inf")
         self._on_demand_seen = 0
-        self._checkpoint_asked_at: float | None = None  # monotonic, for the wait
-        self._request = 0.0  # the request's wall-clock time, as the loop reports it back
 
     @property
     def _on_demand_resources(self) -> dict[str, float]:
@@ -162,7 +143,7 @@ class SpotFallbackPolicy(FreshElasticPolicy):
             self._on_demand_client.cancel_resource_request()
 
     def make_decision_for_non_running_worker_group(self) -> ScalingDecision:
-        self.refresh_view()
+        self.forget_checkpoint_request()
         self._maybe_send_resource_request()  # spot, always
         spot = self._spot_workers()
         if spot is None:
@@ -196,21 +177,11 @@ class SpotFallbackPolicy(FreshElasticPolicy):
         spot = self._spot_workers()
         now = time.monotonic()
         if spot is None or not self._rule.leave_on_demand(spot, now):
-            self._checkpoint_asked_at = None  # spot went again before the move
+            self.forget_checkpoint_request()  # spot went again before the move
             return NoopDecision()
-        if self._checkpoint_asked_at is None:
-            logger.info(
-                "spot holds %d workers again (>= min_workers=%d): checkpointing, then back to spot",
-                spot,
-                self._rule.min_workers,
-            )
-            self._checkpoint_asked_at = now
-            self._request = request_checkpoint("spot capacity is back: leaving on-demand nodes")
-            return NoopDecision()
-        if _answered_request < self._request and now - self._checkpoint_asked_at < CHECKPOINT_WAIT_S:
+        if not self.after_checkpoint(f"spot holds {spot} workers again: back to spot"):
             return NoopDecision()
         logger.info("moving the job back to spot: %d workers", spot)
-        self._checkpoint_asked_at = None
         self._drop_on_demand()
         self._running_on = "spot"
         return ResizeDecision(

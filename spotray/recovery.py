@@ -20,13 +20,14 @@ spotray fixes the two stale views where they live, with settings and APIs Ray of
   seconds at most) until the GCS has marked a node dead, then asks the coordinator to
   recompute its view (`get_reserved_resources(recompute=True)`, the coordinator's own
   API for callers that must not trust a stale tick), so the policy's next decision sees
-  the nodes that exist. The same on the way up: at a report (a checkpoint) that finds
-  nodes that were not there at the last one, so the resize check
-  (`scaling.resize_check_s`) sees new capacity without waiting out the 20 s tick, and the
-  job grows right after a checkpoint.
-- `FreshElasticPolicy`, Ray's elastic policy with that same recompute before each decision
-  while the job waits for capacity (at most every 2 s), so that nodes coming back after
-  every node was lost are seen within seconds, not at the coordinator's next 20 s tick.
+  the nodes that exist.
+- `FreshElasticPolicy`, Ray's elastic policy with two changes. Each time it reads the
+  cluster (every decision while the job waits, every resize check while it runs) the
+  coordinator recomputes first, at most every 2 s, so that nodes coming back are seen
+  within seconds, not at the coordinator's next 20 s tick. And a running job grows only
+  after a checkpoint it asks for: room for more workers found at a resize check becomes a
+  checkpoint request (the one a rebalance hint makes), and the new worker group resumes
+  from that checkpoint, so a growth costs one restart and no steps redone.
 
 The start timeout is left alone: lowering it would also cut short legitimate slow starts
 (cold GPU nodes), and a timed-out start is retried for ever.
@@ -36,19 +37,34 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.train import UserCallback
-from ray.train.v2._internal.execution.scaling_policy import ElasticScalingPolicy
+from ray.train.v2._internal.execution.scaling_policy import (
+    ElasticScalingPolicy,
+    NoopDecision,
+    ResizeDecision,
+    ScalingDecision,
+)
 
-logger = logging.getLogger("spotray.recovery")
+from spotray.watch import request_checkpoint
+
+# Under ray.train: Ray Train writes these next to its own decisions, in the controller log.
+logger = logging.getLogger("ray.train.spotray.recovery")
 
 # Ray system config for the head node of clusters spotray starts (chaos, cluster.local.yaml).
 FAST_HEALTH_CHECK = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
 FRESH_EVERY_S = 2.0  # the most often a policy makes the coordinator recompute its view
 WAIT_FOR_DEATH_S = 5.0  # longer than FAST_HEALTH_CHECK takes; a plain worker error pays this once
 COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # (name, namespace) in Ray 2.60
+CHECKPOINT_WAIT_S = 60.0  # a loop that does not answer a checkpoint request still moves, from its last one
+
+# The newest checkpoint request that a reported checkpoint answered, in the controller's
+# process: set by ReportClock, read by the policies (both live in Ray Train's controller
+# actor, which runs one run).
+_answered_request = 0.0
 
 
 def alive_nodes() -> set[str]:
@@ -64,10 +80,7 @@ class FreshClusterView(UserCallback):
         self._known: set[str] | None = None
 
     def after_report(self, run_context: Any, metrics: Any, checkpoint: Any) -> None:
-        now = alive_nodes()  # the nodes of a healthy, running job
-        if self._known is not None and now - self._known:  # capacity came back: let it be seen
-            _refresh_coordinator()
-        self._known = now
+        self._known = alive_nodes()  # the nodes of a healthy, running job
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
         known = self._known or alive_nodes()
@@ -75,43 +88,102 @@ class FreshClusterView(UserCallback):
         while not (known - alive_nodes()) and time.monotonic() < deadline:
             time.sleep(0.25)
         lost = known - alive_nodes()
-        if _refresh_coordinator():
+        if _refresh_coordinator() is not None:
             self._known = alive_nodes()
             logger.info("refreshed the cluster view after a failure; nodes lost: %s", sorted(lost) or "none")
 
 
-class FreshElasticPolicy(ElasticScalingPolicy):
-    """Ray Train's elastic policy, deciding on the cluster as it is now while a job waits
-    (module doc).
+class ReportClock(UserCallback):
+    """Notes which checkpoint request a reported checkpoint answers (train.loop reports it)."""
 
-    Before a decision for a group that is not running, the coordinator recomputes its view,
-    at most every `FRESH_EVERY_S`: Ray warns that a recompute costs a full tick (one read of
-    the node table), and a waiting job decides every second. A running job is left to Ray's
-    resize check and `FreshClusterView`, so that it grows right after a checkpoint, not
-    at a moment that throws away the steps since the last one.
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        global _answered_request
+        if checkpoint is not None:
+            answered = [m["answers_request"] for m in metrics if m and "answers_request" in m]
+            _answered_request = max([_answered_request, *answered])
+
+
+@dataclass
+class _Asked:
+    request: float  # the request's wall-clock time, as the loop reports it back
+    at: float  # monotonic, for CHECKPOINT_WAIT_S
+
+
+class FreshElasticPolicy(ElasticScalingPolicy):
+    """Ray Train's elastic policy on a fresh cluster view, growing after a checkpoint it asks
+    for (module doc).
+
+    Ray warns that a recompute costs a full tick (one read of the node table), so it runs
+    at most every `FRESH_EVERY_S`; a running job reads the cluster only at its resize checks.
     """
 
     def __init__(self, scaling_config: Any) -> None:
         super().__init__(scaling_config)
         self._refreshed_at = float("-inf")
+        self._asked: _Asked | None = None
 
-    def refresh_view(self) -> None:
+    def _get_reserved_resources(self) -> Any:
         now = time.monotonic()
         if now - self._refreshed_at >= FRESH_EVERY_S:
             self._refreshed_at = now
-            _refresh_coordinator(self._requester_id)
+            reserved = _refresh_coordinator(self._requester_id)
+            if reserved is not None:  # into Ray's own 1 s read cache, which would hide it
+                self._latest_reserved_resources = reserved
+                self._latest_reserved_resources_query_time = now
+                return reserved
+        return super()._get_reserved_resources()
 
-    def make_decision_for_non_running_worker_group(self) -> Any:
-        self.refresh_view()
+    def make_decision_for_non_running_worker_group(self) -> ScalingDecision:
+        self._asked = None  # the group it was asked of is gone
         return super().make_decision_for_non_running_worker_group()
 
+    def make_decision_for_running_worker_group(
+        self, worker_group_state: Any, worker_group_status: Any
+    ) -> ScalingDecision:
+        current = worker_group_state.num_workers
+        if self._asked is None:
+            decision = super().make_decision_for_running_worker_group(worker_group_state, worker_group_status)
+            if not (isinstance(decision, ResizeDecision) and decision.num_workers > current):
+                return decision
+            reason = f"room for {decision.num_workers} workers (running {current})"
+        else:
+            reason = ""
+        if not self.after_checkpoint(reason):
+            return NoopDecision()
+        # Sized now, not when asked: capacity may have changed while the checkpoint was written.
+        reserved = self._get_reserved_resources()
+        workers = 0 if reserved is None else self._count_possible_workers(reserved)
+        if workers <= current:
+            logger.info("no room to grow any more (%d workers); going on with %d", workers, current)
+            return NoopDecision()
+        logger.info("growing the worker group %d -> %d workers", current, workers)
+        return self._get_resize_decision(workers)
 
-def _refresh_coordinator(requester: str = "spotray") -> bool:
-    """Make the coordinator re-read the node table now; False where there is none."""
+    def after_checkpoint(self, reason: str) -> bool:
+        """True once the training loop has reported a checkpoint asked for here (or has not
+        answered for `CHECKPOINT_WAIT_S`: the move goes on from its last checkpoint); the
+        first call asks for it. Call again on every decision until it is True."""
+        now = time.monotonic()
+        if self._asked is None:
+            logger.info("%s: asking the training loop for a checkpoint first", reason)
+            self._asked = _Asked(request_checkpoint(reason), now)
+            return False
+        if _answered_request < self._asked.request and now - self._asked.at < CHECKPOINT_WAIT_S:
+            return False
+        self._asked = None
+        return True
+
+    def forget_checkpoint_request(self) -> None:
+        """The move that asked for it is off (e.g. capacity went again)."""
+        self._asked = None
+
+
+def _refresh_coordinator(requester: str = "spotray") -> Any:
+    """Make the coordinator re-read the node table now; returns what it reserves for
+    `requester`, or None where there is no coordinator."""
     try:
         coordinator = ray.get_actor(*COORDINATOR)
-        ray.get(coordinator.get_reserved_resources.remote(requester, recompute=True), timeout=10)
+        return ray.get(coordinator.get_reserved_resources.remote(requester, recompute=True), timeout=10)
     except (ValueError, ray.exceptions.RayError) as err:  # no coordinator: not an elastic job
         logger.debug("no autoscaling coordinator to refresh: %s", err)
-        return False
-    return True
+        return None

@@ -151,8 +151,8 @@ def build_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from spotray.fallback import ReportClock, SpotFallbackPolicy
-    from spotray.recovery import FreshClusterView, FreshElasticPolicy
+    from spotray.fallback import SpotFallbackPolicy
+    from spotray.recovery import FreshClusterView, FreshElasticPolicy, ReportClock
     from train.loop import train_loop_per_worker
 
     s = cfg.scaling
@@ -166,6 +166,7 @@ def build_trainer(
     )
     storage_root = resolve(cfg.checkpoint.storage_path, cfg.s3)
     fallback = s.on_demand_after_s is not None and not ray_defaults
+    policy = fallback or (elastic and not ray_defaults)
     if fallback:
         trainer_cls = policy_trainer(
             lambda c: SpotFallbackPolicy(c, s.on_demand_resources_per_worker, s.on_demand_after_s)
@@ -191,11 +192,9 @@ def build_trainer(
             storage_path=storage_root.path,
             storage_filesystem=storage_root.fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
-            # Elastic jobs re-size from the cluster view; keep it true after a loss (spotray.recovery).
-            callbacks=[
-                *([FreshClusterView()] if (elastic and not ray_defaults) or fallback else []),
-                *([ReportClock()] if fallback else []),
-            ],
+            # spotray's policies re-size from a true cluster view, growing after a checkpoint
+            # they ask for (spotray.recovery).
+            callbacks=[FreshClusterView(), ReportClock()] if policy else [],
             failure_config=FailureConfig(
                 max_failures=cfg.failure.max_failures,
                 max_preemption_failures=cfg.failure.max_preemption_failures,
