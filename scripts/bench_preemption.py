@@ -238,7 +238,7 @@ def project(summary: dict[str, dict[str, Any]], spot_price: float, on_demand_pri
     for trace_path in traces:
         trace = Trace.load(trace_path)
         starts = [trace.rotated(i * len(trace.available) // 8) for i in range(8)]
-        for arm, (policy, announced) in [*arms.items(), ("on-demand", ("on-demand", True))]:
+        for arm, (policy, with_spotray) in [*arms.items(), ("on-demand", ("on-demand", True))]:
             restart = med(summary[arm]["to_step_s"]) if arm in summary else 0.0
             job = Job(
                 workers=8,
@@ -247,7 +247,7 @@ def project(summary: dict[str, dict[str, Any]], spot_price: float, on_demand_pri
                 step_s=step_s,
                 restart_s=restart,
                 checkpoint_every=every,
-                announced=announced,
+                spotray=with_spotray,
                 spot_price=spot_price,
                 on_demand_price=on_demand_price,
             )

@@ -14,7 +14,9 @@ After each kill a replacement node joins (as the autoscaler would bring one), un
 `replace` is off; then the job shrinks, or, with no node left, waits for an `add`. Each
 event is reported: the step when the loop saw the notice, the last checkpoint before the
 kill, the step training had reached, the step it resumed from, the steps lost, and the
-seconds from the kill (or the added nodes) to the first step of the new worker group.
+seconds from the kill (or the added nodes) to the first step of the new worker group. For
+an `add` that grows a running job, "reached" is the step the old group got to and "lost"
+the steps the growth redoes.
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ class EventReport:
     nodes: list[str] = field(default_factory=list)
     step_at_notice: int | None = None  # when the training loop saw the notice
     checkpoint_before_kill: int | None = None  # newest checkpoint handed to Ray before the kill
-    step_at_kill: int | None = None  # the furthest step trained before the kill
+    step_at_kill: int | None = None  # the furthest step trained before the kill (add: the growth)
     resumed_step: int | None = None
     kill_to_resume_s: float | None = None  # kill (add: nodes joined) to the new group's first step
     workers_after: int | None = None  # the new worker group's size
@@ -264,9 +266,11 @@ def run_schedule(
             added_at = time.time()
             report.nodes = [cluster.add_node().node_id for _ in range(event.nodes)]
             # A waiting job starts on them; a running one grows at Ray's next resize check.
-            _follow_restart(
+            start = _follow_restart(
                 timeline, report, added_at, timeout_s, lambda e, size=size: e["world_size"] > size
             )
+            if waiting is None:  # the steps trained past the grown group's checkpoint are redone
+                report.step_at_kill = max((s for t, s in timeline.steps if t < start["time"]), default=None)
             if waiting is not None:
                 waiting.resumed_step, waiting.workers_after = report.resumed_step, report.workers_after
                 waiting.kill_to_resume_s = report.kill_to_resume_s + (added_at - waiting.kill_time)
@@ -316,9 +320,10 @@ def run_schedule(
 
 def _follow_restart(
     timeline: Timeline, report: EventReport, since: float, timeout_s: float, wanted: Any
-) -> None:
+) -> dict[str, Any]:
     """Wait for the worker group that starts after `since` (and that `wanted` accepts) to train
-    its first step; record where it resumed, its size and how long it took."""
+    its first step; record where it resumed, its size and how long it took. Returns its
+    start event."""
     timeline.wait(
         lambda: any(e["kind"] == "start" and e["time"] >= since and wanted(e) for e in timeline.events),
         timeout_s,
@@ -333,6 +338,7 @@ def _follow_restart(
     )
     first = next(t for t, step in timeline.steps if t >= start["time"] and step > start["step"])
     report.kill_to_resume_s = first - since
+    return start
 
 
 def chaos_config(cfg: Any) -> Any:

@@ -9,9 +9,12 @@ shared traces; capacity is constant within a tick):
 - Every change of the worker group (start, shrink, grow, a move between spot and on-demand)
   costs `restart_s` seconds of paid nodes and no progress, as a Ray Train restart from the
   newest checkpoint does.
-- Losing a node: with spotray (`announced=True`) the notice turns into a checkpoint, so no
+- Losing a node: with spotray (`spotray=True`) the notice turns into a checkpoint, so no
   work is lost; without it the job goes back to its last periodic checkpoint (every
   `checkpoint_every` steps).
+- A resize the job chooses (grow, a move between spot and on-demand): spotray asks for a
+  checkpoint first and resumes from it (spotray.recovery); Ray Train
+  alone restarts from its last periodic checkpoint.
 - Nodes are paid while the job holds them, restarts included; a job waiting for capacity
   holds none. Spot nodes at `spot_price`, on-demand ones at `on_demand_price` ($/h each).
 
@@ -58,7 +61,7 @@ class Job:
     restart_s: float
     min_workers: int = 1
     checkpoint_every: int = 100  # steps; only matters when work is lost
-    announced: bool = True  # spotray's watcher: a preemption loses no step
+    spotray: bool = True  # a notice or a chosen resize becomes a checkpoint: no step lost
     fallback_wait_s: float = 1800.0
     spot_price: float = 0.918  # $/h per node
     on_demand_price: float = 3.06
@@ -123,7 +126,7 @@ def simulate(policy: str, job: Job, trace: Trace) -> Result:
     for tick in range(4 * len(trace.available)):  # the trace repeats; give up after 4 rounds
         spot = trace.available[tick % len(trace.available)]
         if current and current[0] == "spot" and spot < current[1]:  # nodes taken back
-            if job.announced:
+            if job.spotray:
                 checkpoint = steps  # the notice became a checkpoint
             else:
                 back_to_checkpoint()
@@ -131,7 +134,9 @@ def simulate(policy: str, job: Job, trace: Trace) -> Result:
         want = _target(policy, job, spot, current, job.steps - steps, starved_s)
         starved_s = starved_s + trace.gap_s if spot < job.min_workers else 0.0
         if want != current:
-            if current is not None:  # a resize restarts from the newest periodic checkpoint
+            if current is not None and job.spotray:  # spotray checkpoints, then resizes
+                checkpoint = steps
+            elif current is not None:  # Ray alone: from the newest periodic checkpoint
                 back_to_checkpoint()
             restart_left = job.restart_s if want is not None else 0.0
             current = want
