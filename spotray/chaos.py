@@ -205,6 +205,10 @@ class EventReport:
         return max(0, self.step_at_kill - self.resumed_step)
 
 
+class RunEnded(RuntimeError):
+    """The training run ended while the schedule waited for something."""
+
+
 class Timeline:
     """Everything the hub said, with its own timestamps, for the reports."""
 
@@ -233,7 +237,7 @@ class Timeline:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"chaos: timed out waiting for {what}")
             if not self.alive():
-                raise RuntimeError(f"chaos: training ended while waiting for {what}")
+                raise RunEnded(f"chaos: training ended while waiting for {what}")
             time.sleep(0.05)
             self.refresh()
 
@@ -265,10 +269,18 @@ def run_schedule(
             size = 0 if waiting else timeline.last("start")["world_size"]
             added_at = time.time()
             report.nodes = [cluster.add_node().node_id for _ in range(event.nodes)]
-            # A waiting job starts on them; a running one grows at Ray's next resize check.
-            start = _follow_restart(
-                timeline, report, added_at, timeout_s, lambda e, size=size: e["world_size"] > size
-            )
+            # A waiting job starts on them; a running one grows at Ray's next resize check, if
+            # growing pays (spotray.growth).
+            try:
+                start = _follow_restart(
+                    timeline, report, added_at, timeout_s, lambda e, size=size: e["world_size"] > size
+                )
+            except RunEnded:
+                if waiting is not None:
+                    raise
+                report.workers_after = size  # it finished without growing
+                reports.append(report)
+                continue
             if waiting is None:  # the steps trained past the grown group's checkpoint are redone
                 report.step_at_kill = max((s for t, s in timeline.steps if t < start["time"]), default=None)
             if waiting is not None:

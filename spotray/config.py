@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spotray.errors import ConfigError
+from spotray.growth import PAYBACK_RESTARTS
 from train.data import BUILTIN_PYDOC, BYTE_VOCAB, is_parquet_source
 from train.presets import PRESETS, GPTConfig
 
@@ -137,7 +138,13 @@ class ScalingSection(Section):
         60.0,
         gt=0,
         description="elastic jobs: how often Ray Train looks for room to grow "
-        "(ScalingConfig.elastic_resize_monitor_interval_s); each growth costs one restart",
+        "(ScalingConfig.elastic_resize_monitor_interval_s); each growth costs a checkpoint and a restart",
+    )
+    grow_payback_restarts: float = Field(
+        PAYBACK_RESTARTS,
+        ge=0,
+        description="elastic jobs grow only when the extra workers save this many restarts' worth "
+        "of time over the rest of the run (0: whenever there is room, as Ray does)",
     )
 
     on_demand_after_s: float | None = Field(

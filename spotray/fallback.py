@@ -46,6 +46,7 @@ from ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_cli
 )
 from ray.train.v2.api.config import ScalingConfig
 
+from spotray.growth import PAYBACK_RESTARTS
 from spotray.recovery import FRESH_EVERY_S, FreshElasticPolicy
 
 # Under ray.train: Ray Train writes these next to its own decisions, in the controller log.
@@ -93,8 +94,14 @@ def _count(reserved: dict[str, dict[str, float]], per_worker: dict[str, float], 
 class SpotFallbackPolicy(FreshElasticPolicy):
     """Ray Train's elastic policy over spot nodes, falling back to on-demand ones (module doc)."""
 
-    def __init__(self, scaling_config: ScalingConfig, on_demand_resources: dict[str, float], after_s: float):
-        super().__init__(scaling_config)
+    def __init__(
+        self,
+        scaling_config: ScalingConfig,
+        on_demand_resources: dict[str, float],
+        after_s: float,
+        payback: float = PAYBACK_RESTARTS,
+    ):
+        super().__init__(scaling_config, payback)
         spot = scaling_config._resources_per_worker_not_none
         # Same CPU/GPU per worker; the spot marker (e.g. spot_gpu_node) swapped for the on-demand one.
         shape = {k: v for k, v in spot.items() if k in ("CPU", "GPU")}

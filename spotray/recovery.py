@@ -1,4 +1,4 @@
-"""Faster restarts after a lost node: a fresh cluster view before Ray Train re-sizes the job.
+"""Elastic jobs: a fresh cluster view before Ray Train re-sizes the job, and growth that pays.
 
 What Ray 2.60 does when a node of an elastic (min..max) job dies, measured with
 `spotray chaos` (2 nodes, 1..2 workers, one killed): 81 s from the kill to the first
@@ -27,7 +27,10 @@ spotray fixes the two stale views where they live, with settings and APIs Ray of
   within seconds, not at the coordinator's next 20 s tick. And a running job grows only
   after a checkpoint it asks for: room for more workers found at a resize check becomes a
   checkpoint request (the one a rebalance hint makes), and the new worker group resumes
-  from that checkpoint, so a growth costs one restart and no steps redone.
+  from that checkpoint, so a growth costs one restart and no steps redone. Room is only
+  taken when growing pays (`spotray.growth`: the time saved over the rest of the run
+  against `scaling.grow_payback_restarts` restarts), on the pace the training loop reports
+  with each checkpoint (`ReportClock`).
 
 The start timeout is left alone: lowering it would also cut short legitimate slow starts
 (cold GPU nodes), and a timed-out start is retried for ever.
@@ -49,6 +52,7 @@ from ray.train.v2._internal.execution.scaling_policy import (
     ScalingDecision,
 )
 
+from spotray.growth import PAYBACK_RESTARTS, Pace, growth_pays, saved_s
 from spotray.watch import request_checkpoint
 
 # Under ray.train: Ray Train writes these next to its own decisions, in the controller log.
@@ -61,10 +65,11 @@ WAIT_FOR_DEATH_S = 5.0  # longer than FAST_HEALTH_CHECK takes; a plain worker er
 COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # (name, namespace) in Ray 2.60
 CHECKPOINT_WAIT_S = 60.0  # a loop that does not answer a checkpoint request still moves, from its last one
 
-# The newest checkpoint request that a reported checkpoint answered, in the controller's
-# process: set by ReportClock, read by the policies (both live in Ray Train's controller
-# actor, which runs one run).
+# Set by ReportClock, read by the policies, in the controller's process (both live in Ray
+# Train's controller actor, which runs one run): the newest checkpoint request that a
+# reported checkpoint answered, and the pace reported with the newest checkpoint.
 _answered_request = 0.0
+_pace: Pace | None = None
 
 
 def alive_nodes() -> set[str]:
@@ -94,13 +99,17 @@ class FreshClusterView(UserCallback):
 
 
 class ReportClock(UserCallback):
-    """Notes which checkpoint request a reported checkpoint answers (train.loop reports it)."""
+    """Notes, from each reported checkpoint, which checkpoint request it answers and the
+    training's pace (train.loop reports both), for the policies."""
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        global _answered_request
-        if checkpoint is not None:
-            answered = [m["answers_request"] for m in metrics if m and "answers_request" in m]
-            _answered_request = max([_answered_request, *answered])
+        global _answered_request, _pace
+        if checkpoint is None:
+            return
+        answered = [m["answers_request"] for m in metrics if m and "answers_request" in m]
+        _answered_request = max([_answered_request, *answered])
+        pace = Pace.from_metrics(metrics[0] or {}, time.monotonic()) if metrics else None
+        _pace = pace or _pace
 
 
 @dataclass
@@ -117,8 +126,9 @@ class FreshElasticPolicy(ElasticScalingPolicy):
     at most every `FRESH_EVERY_S`; a running job reads the cluster only at its resize checks.
     """
 
-    def __init__(self, scaling_config: Any) -> None:
+    def __init__(self, scaling_config: Any, payback: float = PAYBACK_RESTARTS) -> None:
         super().__init__(scaling_config)
+        self._payback = payback
         self._refreshed_at = float("-inf")
         self._asked: _Asked | None = None
 
@@ -134,7 +144,7 @@ class FreshElasticPolicy(ElasticScalingPolicy):
         return super()._get_reserved_resources()
 
     def make_decision_for_non_running_worker_group(self) -> ScalingDecision:
-        self._asked = None  # the group it was asked of is gone
+        self.forget_checkpoint_request()  # the group it was asked of is gone
         return super().make_decision_for_non_running_worker_group()
 
     def make_decision_for_running_worker_group(
@@ -145,6 +155,8 @@ class FreshElasticPolicy(ElasticScalingPolicy):
             decision = super().make_decision_for_running_worker_group(worker_group_state, worker_group_status)
             if not (isinstance(decision, ResizeDecision) and decision.num_workers > current):
                 return decision
+            if not self._growth_pays(current, decision.num_workers):
+                return NoopDecision()
             reason = f"room for {decision.num_workers} workers (running {current})"
         else:
             reason = ""
@@ -158,6 +170,24 @@ class FreshElasticPolicy(ElasticScalingPolicy):
             return NoopDecision()
         logger.info("growing the worker group %d -> %d workers", current, workers)
         return self._get_resize_decision(workers)
+
+    def _growth_pays(self, workers: int, new_workers: int) -> bool:
+        """spotray.growth's rule, on the pace the loop reported with its newest checkpoint;
+        before any, grow (as Ray does)."""
+        pace = _pace
+        if pace is None:
+            return True
+        step_s = pace.step_on(workers)
+        left = pace.steps_left_at(time.monotonic(), workers)
+        if growth_pays(left, step_s, workers, new_workers, pace.restart_s, self._payback):
+            return True
+        logger.info(
+            "room for %d workers, staying on %d: %.0f s saved over the %.0f steps left (%.2f s each) "
+            "do not pay for %g restarts of %.0f s (scaling.grow_payback_restarts)",
+            new_workers, workers, saved_s(left, step_s, workers, new_workers), max(0.0, left), step_s,
+            self._payback, pace.restart_s,
+        )  # fmt: skip
+        return False
 
     def after_checkpoint(self, reason: str) -> bool:
         """True once the training loop has reported a checkpoint asked for here (or has not

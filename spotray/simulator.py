@@ -22,7 +22,7 @@ The policies:
 - `fixed`: W spot workers or nothing (what a job with a fixed ScalingConfig does);
 - `elastic`: whatever spot capacity exists, between min and max workers. It shrinks at once
   (it must) and grows when the time the extra workers save over the rest of the run exceeds
-  `GROW_FACTOR` restarts (capacity that came back may go again);
+  two restarts (`spotray.growth`, the rule the live policy applies);
 - `fallback`: elastic, and after `fallback_wait_s` below min on spot, min workers on
   demand; back to spot (one restart) as soon as spot reaches min again;
 - `on-demand`: W on-demand workers, never preempted.
@@ -34,7 +34,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-GROW_FACTOR = 2.0  # grow only if it saves more than two restarts' worth of time
+from spotray.growth import PAYBACK_RESTARTS, growth_pays
+
 POLICIES = ("fixed", "elastic", "fallback", "on-demand")
 
 
@@ -105,8 +106,9 @@ def _target(policy: str, job: Job, spot: int, current: tuple[str, int] | None, r
     if current is None or current[0] != "spot" or n < current[1]:
         return ("spot", n)
     if n > current[1]:
-        saved = remaining * job.step_s * job.workers * (1 / current[1] - 1 / n)
-        return ("spot", n) if saved > GROW_FACTOR * job.restart_s else current
+        step_s = job.step_s * job.workers / current[1]  # on the current workers
+        pays = growth_pays(remaining, step_s, current[1], n, job.restart_s, PAYBACK_RESTARTS)
+        return ("spot", n) if pays else current
     return current
 
 

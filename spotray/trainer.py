@@ -169,10 +169,12 @@ def build_trainer(
     policy = fallback or (elastic and not ray_defaults)
     if fallback:
         trainer_cls = policy_trainer(
-            lambda c: SpotFallbackPolicy(c, s.on_demand_resources_per_worker, s.on_demand_after_s)
+            lambda c: SpotFallbackPolicy(
+                c, s.on_demand_resources_per_worker, s.on_demand_after_s, s.grow_payback_restarts
+            )
         )
     elif elastic and not ray_defaults:
-        trainer_cls = policy_trainer(FreshElasticPolicy)
+        trainer_cls = policy_trainer(lambda c: FreshElasticPolicy(c, s.grow_payback_restarts))
     else:
         trainer_cls = TorchTrainer
     return trainer_cls(

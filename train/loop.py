@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import ray.train
 import ray.train.collective
 import ray.train.torch
@@ -226,6 +227,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     answering: float | None = None  # a request that the next checkpoint answers (rank 0)
     attempt_start = time.perf_counter()
     elapsed_base = progress.elapsed_s
+    born = psutil.Process().create_time()  # this worker process: the restart began about then
+    restart_s: float | None = None  # from `born` to this start's first step
 
     if rank == 0 and hub is not None:
         hub.push.remote(
@@ -336,6 +339,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         dt = time.perf_counter() - t0
         step_s = dt if step_s == 0 else 0.9 * step_s + 0.1 * dt
+        if restart_s is None:
+            restart_s = time.time() - born
         progress = Progress(
             step=step,
             samples=progress.samples + batch,
@@ -346,8 +351,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if writer.pending is not None and (all_ready or due or urgent):
             commit(writer.wait())
         if due or urgent:
+            # What spotray's policy weighs a growth with (spotray.growth.Pace).
+            pace = {"step_s": step_s, "world_size": world, "steps_left": stop_step - step}
+            pace["restart_s"] = restart_s
             last_stall = _start_checkpoint(
-                writer, model, optimizer, scheduler, progress, cfg, world, rank, answering
+                writer, model, optimizer, scheduler, progress, cfg, world, rank, answering, pace
             )
             answering = None
             if urgent:  # a node is going: write and hand it over now, not at a later step
@@ -429,11 +437,13 @@ def _start_checkpoint(
     world: int,
     rank: int,
     answering: float | None = None,
+    pace: dict[str, Any] | None = None,
 ) -> float:
     """Snapshot this rank's state and start writing it; returns the seconds it stalled.
 
     `answering`: the time of the checkpoint request (spotray.watch's key) this checkpoint
-    answers, reported with it so that whoever asked sees when it is committed.
+    answers, reported with it so that whoever asked sees when it is committed. `pace`:
+    more metrics to report with it.
     """
     t0 = time.perf_counter()
     files: dict[str, Any] = {ckpt.rng_file(rank): ckpt.rng_state()}
@@ -464,7 +474,7 @@ def _start_checkpoint(
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     stall = time.perf_counter() - t0
-    metrics = {"step": progress.step, "loss": progress.loss, "samples": progress.samples}
+    metrics = {"step": progress.step, "loss": progress.loss, "samples": progress.samples, **(pace or {})}
     if answering is not None:
         metrics["answers_request"] = answering
     writer.start(progress.step, files, meta, stall, metrics)

@@ -91,7 +91,9 @@ def test_elastic_job_shrinks_grows_loses_everything_and_comes_back(tmp_path: Pat
 
     update = {
         **ELASTIC,
-        "scaling": {"min_workers": 1, "max_workers": 3, "resize_check_s": 2},
+        # 0: grow whenever there is room. This 30 s run is too short for any growth to pay
+        # for two restarts (spotray.growth); the next test checks that rule.
+        "scaling": {"min_workers": 1, "max_workers": 3, "resize_check_s": 2, "grow_payback_restarts": 0},
         "failure": {"max_failures": 1},  # the unannounced kill; preemptions are not failures
     }
     events = ("25:unannounced", "50:add", "75:announced:3", "75:add")
@@ -116,3 +118,20 @@ def test_elastic_job_shrinks_grows_loses_everything_and_comes_back(tmp_path: Pat
         first = min((t, step) for t, step in report["steps"] if t >= start["time"])
         assert first[1] == start["step"] + 1, (start, first)
     assert_same_trajectory(final_state(tmp_path, 130), final_state(uninterrupted, 130))
+
+
+def test_elastic_job_near_its_end_does_not_grow(tmp_path: Path) -> None:
+    """A node joins with 50 steps of 0.2 s left on one worker: a second worker would save
+    ~5 s, less than the two restarts (~10 s each here, as the loop measures its own start)
+    that the default rule asks growth to pay for, so the job finishes on one worker.
+    With `grow_payback_restarts: 0` the same run grows within a resize check (1 s)."""
+    update = {
+        **ELASTIC,
+        "optimizer": {**ELASTIC["optimizer"], "steps": 100},
+        "scaling": {"min_workers": 1, "max_workers": 2, "resize_check_s": 1},
+    }
+    report = chaos(tmp_path, update, "50:add", nodes=1, replace=False, slow_step_s=0.2)
+    assert report["final_step"] == 100 and report["restarts"] == 0
+    (added,) = report["events"]
+    assert added["workers_after"] == 1 and added["resumed_step"] is None
+    assert [e["world_size"] for e in report["hub_events"] if e["kind"] == "start"] == [1]

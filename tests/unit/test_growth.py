@@ -1,0 +1,38 @@
+"""The growth rule that spotray's elastic policy and the simulator share, by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from spotray.growth import Pace, growth_pays, saved_s
+
+
+def test_growth_pays_when_the_time_saved_exceeds_the_restarts() -> None:
+    # 140 steps of 1 s on 1 worker; 2 workers halve them: 70 s saved > 2 x 12 s.
+    assert saved_s(140, 1.0, 1, 2) == 70
+    assert growth_pays(140, 1.0, 1, 2, restart_s=12, payback=2)
+    # 50 steps of 0.2 s: 5 s saved < 2 x 10 s.
+    assert not growth_pays(50, 0.2, 1, 2, restart_s=10, payback=2)
+    # 2 -> 3 workers saves a third: 90 steps of 1 s save 30 s, less than 2 x 16 s.
+    assert saved_s(90, 1.0, 2, 3) == pytest.approx(30)
+    assert not growth_pays(90, 1.0, 2, 3, restart_s=16, payback=2)
+    assert growth_pays(90, 1.0, 2, 3, restart_s=14, payback=2)
+
+
+def test_payback_zero_grows_whenever_there_is_room_and_nothing_left_never_pays() -> None:
+    assert growth_pays(1, 0.2, 1, 2, restart_s=10, payback=0)
+    assert not growth_pays(0, 0.2, 1, 2, restart_s=10, payback=0)
+    assert saved_s(-5, 1.0, 1, 2) == 0  # past the end: nothing to save
+
+
+def test_pace_scales_step_time_with_workers_and_counts_down_the_steps() -> None:
+    pace = Pace(step_s=0.5, world_size=2, steps_left=100, restart_s=12.0, at=1000.0)
+    assert pace.step_on(1) == 1.0 and pace.step_on(4) == 0.25  # the global batch is fixed
+    assert pace.steps_left_at(1010.0, 2) == 80  # 10 s at 0.5 s a step
+
+
+def test_pace_from_the_loop_metrics_or_none() -> None:
+    metrics = {"step": 40, "loss": 2.0, "step_s": 0.5, "world_size": 2, "steps_left": 80, "restart_s": 9.5}
+    assert Pace.from_metrics(metrics, at=5.0) == Pace(0.5, 2, 80, 9.5, 5.0)
+    assert Pace.from_metrics({"step": 40, "loss": 2.0}, at=5.0) is None  # a registration report
+    assert Pace.from_metrics({**metrics, "restart_s": None}, at=5.0) is None
