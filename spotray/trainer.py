@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR
 from rich.console import Console
 
 from spotray import checkpoint as ckpt
@@ -195,7 +194,6 @@ def build_trainer(
             storage_path=storage_root.path,
             storage_filesystem=storage_root.fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
-            worker_runtime_env={} if ray_defaults else WARM_WORKERS,
             # spotray's policies re-size from a true cluster view, growing after a checkpoint
             # they ask for (spotray.recovery).
             callbacks=[FreshClusterView(), ReportClock()] if policy else [],
@@ -205,12 +203,6 @@ def build_trainer(
             ),
         ),
     )
-
-
-# Each Ray Train worker process runs spotray.warm.start as it starts. This is the variable
-# that Ray turns `runtime_env={"worker_process_setup_hook": ...}` into, which it does only for
-# a job-level runtime env (ray.init), not for the worker actors' own.
-WARM_WORKERS = {"env_vars": {WORKER_PROCESS_SETUP_HOOK_ENV_VAR: "spotray.warm.start"}}
 
 
 def policy_trainer(make_policy: Callable[[Any], Any]) -> type:
