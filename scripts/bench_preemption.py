@@ -10,7 +10,9 @@ steps, 16 sequences per step, seed 7), its steps padded to 0.2 s (chaos --slow-s
 bigger model's pace: the notice's lead then spans 20 steps), and one schedule for all: at
 step 40 a spot notice, the node killed 4 s later (AWS's 120 s scaled to the run); at step
 110 a node killed without notice (between periodic checkpoints); at step 150 another notice
-and kill. After each kill a replacement node joins, as the autoscaler would bring one. The arms:
+and kill. A replacement node joins for each node taken, when Ray's autoscaler v2 would bring
+one: at the notice where spotray's watcher drained the node, after the kill otherwise
+(chaos's module doc). The arms:
 
 - article: what the article this project grew from suggests. Fixed 2 workers, a checkpoint
   every 20 steps (an "epoch" of the small corpus), restarts from the last checkpoint, and a

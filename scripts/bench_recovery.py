@@ -9,7 +9,9 @@ each node with a loopback IMDS), on a small GPT (2 layers, 64-byte context, 160 
 checkpoint every 20 steps):
 
 - announced: a fixed 2-worker job on 3 nodes; at step 40 one node gets a spot notice and is
-  killed 8 s later; a replacement node joins.
+  killed 8 s later; a replacement node joins, at the notice where the watcher drained the
+  node (Ray's autoscaler v2 replaces a draining node at once: scripts/bench_replacement.py),
+  after the kill with Ray alone.
 - unannounced: an elastic 1..2-worker job on 2 nodes; at step 40 one node is killed; no
   replacement, so the job must go on with one worker.
 - grow: an elastic 1..2-worker job on 1 node, steps slowed to 1 s (a bigger model); at step

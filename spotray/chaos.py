@@ -10,8 +10,12 @@ resource). A seeded schedule then takes nodes away during training:
 - unannounced: kill the node (what a hardware fault or a missed notice does);
 - add: new nodes join (spot capacity is back), and an elastic job grows onto them.
 
-After each kill a replacement node joins (as the autoscaler would bring one), unless
-`replace` is off; then the job shrinks, or, with no node left, waits for an `add`. Each
+A replacement node joins for each node taken (as the autoscaler would bring one), unless
+`replace` is off; then the job shrinks, or, with no node left, waits for an `add`. It joins
+when Ray's autoscaler v2 (the one `ray up` starts) would launch it: at the notice for a node
+the watcher drained (v2 does not count a draining node: measured with
+`scripts/bench_replacement.py`, the replacement is up ~3 s after the drain), after the kill
+for a node that just died or whose notice nobody acted on (`--ray-alone`). Each
 event is reported: the step when the loop saw the notice, the last checkpoint before the
 kill, the step training had reached, the step it resumed from, the steps lost, and the
 seconds from the kill (or the added nodes) to the first step of the new worker group. For
@@ -283,7 +287,7 @@ def run_schedule(
                 continue
             if waiting is None:  # the steps trained past the grown group's checkpoint are redone
                 report.step_at_kill = max((s for t, s in timeline.steps if t < start["time"]), default=None)
-            if waiting is not None:
+            else:
                 waiting.resumed_step, waiting.workers_after = report.resumed_step, report.workers_after
                 waiting.kill_to_resume_s = report.kill_to_resume_s + (added_at - waiting.kill_time)
                 waiting = None
@@ -293,9 +297,13 @@ def run_schedule(
         victims = rng.sample(busy, min(event.nodes, len(busy)))
         report.nodes = [v.node_id for v in victims]
         served = time.time()
+        drained = event.announced and cluster.watch  # the watcher drains at the notice
         if event.announced:
             for victim in victims:
                 victim.imds.serve_notice(lead_s=event.lead_s)
+            if replace and drained:  # the autoscaler replaces a drained node at once
+                for _ in victims:
+                    cluster.add_node()
             deadline = served + event.lead_s
             timeline.wait(lambda d=deadline: time.time() >= d, event.lead_s + 5, "the notice's deadline")
             if sigterm_grace_s:  # the instance shuts down: a SIGTERM handler saves what it can
@@ -317,7 +325,7 @@ def run_schedule(
             report.notice_to_checkpoint_s = saved[0]["time"] - served if saved else None
         for victim in victims:
             cluster.kill(victim)
-        if replace:
+        if replace and not drained:
             for _ in victims:
                 cluster.add_node()
         reports.append(report)

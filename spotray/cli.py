@@ -209,7 +209,12 @@ def chaos(
         float, typer.Option("--announced", min=0.0, max=1.0, help="Share of events that are announced.")
     ] = 2 / 3,
     replace: Annotated[
-        bool, typer.Option("--replace/--no-replace", help="Add a new node after each kill.")
+        bool,
+        typer.Option(
+            "--replace/--no-replace",
+            help="A new node for each node taken: at the notice when the watcher drained it (Ray's "
+            "autoscaler v2 replaces a draining node at once), after the kill otherwise.",
+        ),
     ] = True,
     event: Annotated[
         list[str] | None,

@@ -92,11 +92,33 @@ def _head_flags(config: dict[str, Any]) -> list[str]:
     return flags
 
 
-def up_local(config_path: Path) -> LocalCluster:
-    """Start the head with the real autoscaler over cluster.local.yaml's fake node types."""
+def up_local(config_path: Path, autoscaler_v2: bool = False) -> LocalCluster:
+    """Start the head with the real autoscaler over cluster.local.yaml's fake node types.
+
+    `autoscaler_v2`: run Ray's autoscaler v2, the one `ray up` starts on AWS in Ray 2.60,
+    instead of the v1 monitor that `ray start --autoscaling-config` runs. They differ where
+    spot matters: v2 replaces a draining node at once, v1 only once it is gone
+    (scripts/bench_replacement.py). v2 reads the provider's defaults file, which the wheel
+    lacks for fake_multinode, so the same provider class is named as an external module.
+    """
     config = yaml.safe_load(config_path.read_text())
     if config.get("provider", {}).get("type") != "fake_multinode":
         raise ConfigError(f"{config_path}: --local needs provider type fake_multinode (cluster.local.yaml)")
+    extra_env = {}
+    if autoscaler_v2:
+        from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
+
+        config["provider"].update(
+            type="external",
+            module="ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider",
+            launch_multiple=True,
+            head_node_id=FAKE_HEAD_NODE_ID,
+        )
+        extra_env = {  # what Ray's own AutoscalingCluster(autoscaler_v2=True) sets
+            "RAY_enable_autoscaler_v2": "1",
+            "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,
+            "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID,
+        }
     name = config["cluster_name"]
     if is_up(name):
         raise ConfigError(f"local cluster {name!r} is already up; `spotray down --local` first")
@@ -134,7 +156,7 @@ def up_local(config_path: Path) -> LocalCluster:
     ]
     # Job entrypoints (`python -m spotray.job`) run in the head's environment: this one's.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "PATH": path, "RAY_FAKE_CLUSTER": "1", "SPOTRAY_CLUSTER": name}
+    env = {**os.environ, "PATH": path, "RAY_FAKE_CLUSTER": "1", "SPOTRAY_CLUSTER": name, **extra_env}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()

@@ -131,6 +131,7 @@ class FreshElasticPolicy(ElasticScalingPolicy):
         self._payback = payback
         self._refreshed_at = float("-inf")
         self._asked: _Asked | None = None
+        self._told: tuple[int, int] | None = None  # the growth last logged as not paying
 
     def _get_reserved_resources(self) -> Any:
         now = time.monotonic()
@@ -145,6 +146,7 @@ class FreshElasticPolicy(ElasticScalingPolicy):
 
     def make_decision_for_non_running_worker_group(self) -> ScalingDecision:
         self.forget_checkpoint_request()  # the group it was asked of is gone
+        self._told = None
         return super().make_decision_for_non_running_worker_group()
 
     def make_decision_for_running_worker_group(
@@ -181,6 +183,9 @@ class FreshElasticPolicy(ElasticScalingPolicy):
         left = pace.steps_left_at(time.monotonic(), workers)
         if growth_pays(left, step_s, workers, new_workers, pace.restart_s, self._payback):
             return True
+        if self._told == (workers, new_workers):  # said once, not at every resize check
+            return False
+        self._told = (workers, new_workers)
         logger.info(
             "room for %d workers, staying on %d: %.0f s saved over the %.0f steps left (%.2f s each) "
             "do not pay for %g restarts of %.0f s (scaling.grow_payback_restarts)",

@@ -173,7 +173,7 @@ def build_trainer(
                 c, s.on_demand_resources_per_worker, s.on_demand_after_s, s.grow_payback_restarts
             )
         )
-    elif elastic and not ray_defaults:
+    elif policy:
         trainer_cls = policy_trainer(lambda c: FreshElasticPolicy(c, s.grow_payback_restarts))
     else:
         trainer_cls = TorchTrainer

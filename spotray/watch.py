@@ -118,12 +118,15 @@ def request_checkpoint(reason: str, node_id: str | None = None) -> float:
     connected to Ray; returns the request's time, which the answering checkpoint reports."""
     from ray.experimental import internal_kv
 
-    asked = time.time()
-    body = json.dumps({"time": asked, "node_id": node_id, "reason": reason})
-    internal_kv._internal_kv_put(
-        CHECKPOINT_REQUEST_KEY, body.encode(), overwrite=True, namespace=KV_NAMESPACE
-    )
+    asked, body = _checkpoint_request(reason, node_id)
+    internal_kv._internal_kv_put(CHECKPOINT_REQUEST_KEY, body, overwrite=True, namespace=KV_NAMESPACE)
     return asked
+
+
+def _checkpoint_request(reason: str, node_id: str | None) -> tuple[float, bytes]:
+    """A checkpoint request as the training loop reads it (train.loop), and its time."""
+    asked = time.time()
+    return asked, json.dumps({"time": asked, "node_id": node_id, "reason": reason}).encode()
 
 
 class RayNode:
@@ -148,8 +151,8 @@ class RayNode:
             raise RuntimeError(f"Ray refused to drain node {self.node_id}: {why}")
 
     def request_checkpoint(self, decision: RequestCheckpoint) -> None:
-        body = json.dumps({"time": time.time(), "node_id": self.node_id, "reason": decision.reason})
-        self.gcs.internal_kv_put(CHECKPOINT_REQUEST_KEY, body.encode(), True, KV_NAMESPACE)
+        _, body = _checkpoint_request(decision.reason, self.node_id)
+        self.gcs.internal_kv_put(CHECKPOINT_REQUEST_KEY, body, True, KV_NAMESPACE)
 
     def record(self, record: NoticeRecord) -> None:
         key = f"{NOTICE_PREFIX}{record.node_id}/{record.kind}/{record.notice_time}"

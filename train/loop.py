@@ -352,8 +352,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             commit(writer.wait())
         if due or urgent:
             # What spotray's policy weighs a growth with (spotray.growth.Pace).
-            pace = {"step_s": step_s, "world_size": world, "steps_left": stop_step - step}
-            pace["restart_s"] = restart_s
+            pace = dict(step_s=step_s, world_size=world, steps_left=stop_step - step, restart_s=restart_s)
             last_stall = _start_checkpoint(
                 writer, model, optimizer, scheduler, progress, cfg, world, rank, answering, pace
             )

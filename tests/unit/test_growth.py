@@ -36,3 +36,26 @@ def test_pace_from_the_loop_metrics_or_none() -> None:
     assert Pace.from_metrics(metrics, at=5.0) == Pace(0.5, 2, 80, 9.5, 5.0)
     assert Pace.from_metrics({"step": 40, "loss": 2.0}, at=5.0) is None  # a registration report
     assert Pace.from_metrics({**metrics, "restart_s": None}, at=5.0) is None
+
+
+def test_policy_says_once_why_it_stays_not_at_every_resize_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resize check runs every `scaling.resize_check_s`; the controller log should say
+    once why the job does not grow."""
+    import logging
+    import time
+
+    from ray.train import ScalingConfig
+
+    from spotray import recovery
+
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    monkeypatch.setattr(recovery.logger, "handlers", [handler])
+    monkeypatch.setattr(recovery.logger, "level", logging.INFO)
+    # 50 steps of 0.2 s left: 5 s saved against 2 restarts of 10 s.
+    pace = Pace(step_s=0.2, world_size=1, steps_left=50, restart_s=10.0, at=time.monotonic())
+    monkeypatch.setattr(recovery, "_pace", pace)
+    policy = recovery.FreshElasticPolicy(ScalingConfig(num_workers=(1, 2)))
+    assert [policy._growth_pays(1, 2) for _ in range(5)] == [False] * 5
+    assert len(said) == 1 and "room for 2 workers, staying on 1: 5 s saved" in said[0]
