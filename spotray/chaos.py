@@ -273,7 +273,7 @@ def run_schedule(
             size = 0 if waiting else timeline.last("start")["world_size"]
             added_at = time.time()
             report.nodes = [cluster.add_node().node_id for _ in range(event.nodes)]
-            # A waiting job starts on them; a running one grows at Ray's next resize check, if
+            # A waiting job starts on them; a running one grows once the policy sees them, if
             # growing pays (spotray.growth).
             try:
                 start = _follow_restart(

@@ -137,8 +137,8 @@ class ScalingSection(Section):
     resize_check_s: float = Field(
         60.0,
         gt=0,
-        description="elastic jobs: how often Ray Train looks for room to grow "
-        "(ScalingConfig.elastic_resize_monitor_interval_s); each growth costs a checkpoint and a restart",
+        description="elastic jobs: how often Ray Train re-sizes a running job "
+        "(ScalingConfig.elastic_resize_monitor_interval_s); spotray also weighs growth as soon as nodes join",
     )
     grow_payback_restarts: float = Field(
         PAYBACK_RESTARTS,

@@ -21,16 +21,22 @@ spotray fixes the two stale views where they live, with settings and APIs Ray of
   recompute its view (`get_reserved_resources(recompute=True)`, the coordinator's own
   API for callers that must not trust a stale tick), so the policy's next decision sees
   the nodes that exist.
-- `FreshElasticPolicy`, Ray's elastic policy with two changes. Each time it reads the
-  cluster (every decision while the job waits, every resize check while it runs) the
+- `FreshElasticPolicy`, Ray's elastic policy with three changes. Each time it reads the
+  cluster (every decision while the job waits, every controller poll while it runs) the
   coordinator recomputes first, at most every 2 s, so that nodes coming back are seen
-  within seconds, not at the coordinator's next 20 s tick. And a running job grows only
-  after a checkpoint it asks for: room for more workers found at a resize check becomes a
+  within seconds, not at the coordinator's next 20 s tick. A running job weighs growth as
+  soon as the cluster holds more workers than at its last look, not only at Ray's resize
+  check (`resize_check_s`, 60 s by default: a node that joined waited 30 s on average, and
+  up to a full interval after each restart). And a running job grows only
+  after a checkpoint it asks for: room for more workers becomes a
   checkpoint request (the one a rebalance hint makes), and the new worker group resumes
   from that checkpoint, so a growth costs one restart and no steps redone. Room is only
   taken when growing pays (`spotray.growth`: the time saved over the rest of the run
   against `scaling.grow_payback_restarts` restarts), on the pace the training loop reports
   with each checkpoint (`ReportClock`).
+
+Both policies also leave draining nodes out of what they count (`_without_draining`): Ray
+places nothing new on a node being drained, but the coordinator counts it until it is dead.
 
 The start timeout is left alone: lowering it would also cut short legitimate slow starts
 (cold GPU nodes), and a timed-out start is retried for ever.
@@ -123,7 +129,7 @@ class FreshElasticPolicy(ElasticScalingPolicy):
     for (module doc).
 
     Ray warns that a recompute costs a full tick (one read of the node table), so it runs
-    at most every `FRESH_EVERY_S`; a running job reads the cluster only at its resize checks.
+    at most every `FRESH_EVERY_S`.
     """
 
     def __init__(self, scaling_config: Any, payback: float = PAYBACK_RESTARTS) -> None:
@@ -132,21 +138,24 @@ class FreshElasticPolicy(ElasticScalingPolicy):
         self._refreshed_at = float("-inf")
         self._asked: _Asked | None = None
         self._told: tuple[int, int] | None = None  # the growth last logged as not paying
+        self._possible_seen = 0  # workers the cluster held at the running group's last look
 
     def _get_reserved_resources(self) -> Any:
         now = time.monotonic()
+        reserved = None
         if now - self._refreshed_at >= FRESH_EVERY_S:
             self._refreshed_at = now
             reserved = _refresh_coordinator(self._requester_id)
             if reserved is not None:  # into Ray's own 1 s read cache, which would hide it
                 self._latest_reserved_resources = reserved
                 self._latest_reserved_resources_query_time = now
-                return reserved
-        return super()._get_reserved_resources()
+        if reserved is None:
+            reserved = super()._get_reserved_resources()
+        return None if reserved is None else _without_draining(reserved)
 
     def make_decision_for_non_running_worker_group(self) -> ScalingDecision:
         self.forget_checkpoint_request()  # the group it was asked of is gone
-        self._told = None
+        self._told, self._possible_seen = None, 0
         return super().make_decision_for_non_running_worker_group()
 
     def make_decision_for_running_worker_group(
@@ -155,11 +164,13 @@ class FreshElasticPolicy(ElasticScalingPolicy):
         current = worker_group_state.num_workers
         if self._asked is None:
             decision = super().make_decision_for_running_worker_group(worker_group_state, worker_group_status)
-            if not (isinstance(decision, ResizeDecision) and decision.num_workers > current):
-                return decision
-            if not self._growth_pays(current, decision.num_workers):
+            room = decision.num_workers if isinstance(decision, ResizeDecision) else 0
+            if 0 < room < current:  # a node is draining: its notice is acted on at the deadline
                 return NoopDecision()
-            reason = f"room for {decision.num_workers} workers (running {current})"
+            room = max(room, self._capacity_came_back(current))
+            if room <= current or not self._growth_pays(current, room):
+                return NoopDecision()
+            reason = f"room for {room} workers (running {current})"
         else:
             reason = ""
         if not self.after_checkpoint(reason):
@@ -172,6 +183,16 @@ class FreshElasticPolicy(ElasticScalingPolicy):
             return NoopDecision()
         logger.info("growing the worker group %d -> %d workers", current, workers)
         return self._get_resize_decision(workers)
+
+    def _capacity_came_back(self, current: int) -> int:
+        """Between Ray's resize checks: the workers the cluster holds now when that is more
+        than at the last look (else 0), so that capacity coming back is weighed at once
+        instead of up to `resize_check_s` later (as the fallback's move back to spot is)."""
+        reserved = self._get_reserved_resources()
+        possible = 0 if reserved is None else self._count_possible_workers(reserved)
+        came_back = possible > max(current, self._possible_seen)
+        self._possible_seen = possible
+        return possible if came_back else 0
 
     def _growth_pays(self, workers: int, new_workers: int) -> bool:
         """spotray.growth's rule, on the pace the loop reported with its newest checkpoint;
@@ -211,6 +232,18 @@ class FreshElasticPolicy(ElasticScalingPolicy):
     def forget_checkpoint_request(self) -> None:
         """The move that asked for it is off (e.g. capacity went again)."""
         self._asked = None
+
+
+def _without_draining(reserved: dict[str, Any]) -> dict[str, Any]:
+    """The coordinator's per-node reservation less the nodes being drained.
+
+    Ray places no new work on a draining node, but the coordinator counts every node that
+    is alive: an elastic job restarted at a notice's deadline (Ray ends the group then,
+    often before AWS has taken the node) was sized on the draining nodes and waited out the
+    60 s worker-group start timeout (measured: 71 s from three announced kills to training
+    on the node that came back, 10 s once they are left out)."""
+    draining = ray._private.state.state.get_draining_nodes()
+    return {node: resources for node, resources in reserved.items() if node not in draining}
 
 
 def _refresh_coordinator(requester: str = "spotray") -> Any:

@@ -59,3 +59,25 @@ def test_policy_says_once_why_it_stays_not_at_every_resize_check(monkeypatch: py
     policy = recovery.FreshElasticPolicy(ScalingConfig(num_workers=(1, 2)))
     assert [policy._growth_pays(1, 2) for _ in range(5)] == [False] * 5
     assert len(said) == 1 and "room for 2 workers, staying on 1: 5 s saved" in said[0]
+
+
+def test_policy_weighs_capacity_that_came_back_once_without_waiting_for_the_check() -> None:
+    """A node joining a running job is weighed at the controller's next poll, not up to
+    `resize_check_s` later; the same capacity is not weighed again at every poll."""
+    from ray.train import ScalingConfig
+
+    from spotray.recovery import FreshElasticPolicy
+
+    policy = FreshElasticPolicy(ScalingConfig(num_workers=(1, 3), resources_per_worker={"CPU": 1}))
+    cluster = {"a": {"CPU": 1.0}}
+    policy._get_reserved_resources = lambda: cluster  # type: ignore[method-assign]
+    assert policy._capacity_came_back(1) == 0  # what the job runs on
+    cluster["b"] = {"CPU": 1.0}
+    assert policy._capacity_came_back(1) == 2  # a node joined: weigh 2 workers now
+    assert policy._capacity_came_back(1) == 0  # seen (growth did not pay): the check decides
+    cluster["c"] = {"CPU": 1.0}
+    assert policy._capacity_came_back(1) == 3  # more came back
+    del cluster["b"], cluster["c"]
+    assert policy._capacity_came_back(1) == 0  # gone again: nothing to weigh
+    cluster["b"] = {"CPU": 1.0}
+    assert policy._capacity_came_back(1) == 2  # back once more
