@@ -242,7 +242,11 @@ def _without_draining(reserved: dict[str, Any]) -> dict[str, Any]:
     often before AWS has taken the node) was sized on the draining nodes and waited out the
     60 s worker-group start timeout (measured: 71 s from three announced kills to training
     on the node that came back, 10 s once they are left out)."""
-    draining = ray._private.state.state.get_draining_nodes()
+    try:
+        draining = ray._private.state.state.get_draining_nodes()
+    except Exception:  # the GCS busy for a moment: a decision on the full view, not a failed run
+        logger.warning("could not read the draining nodes; counting every live node", exc_info=True)
+        return reserved
     return {node: resources for node, resources in reserved.items() if node not in draining}
 
 

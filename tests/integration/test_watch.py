@@ -109,6 +109,20 @@ def test_notice_drains_the_node_once_with_its_deadline(imds, node, tmp_path: Pat
     assert shown["notices"] >= 1
 
 
+def test_a_drained_node_is_not_counted_for_the_next_worker_group(imds, node) -> None:
+    """Ray places nothing new on a draining node, but the autoscaling coordinator counts it
+    while it is alive: an elastic job restarted at the notice's deadline must not be sized
+    on it (spotray.recovery)."""
+    from spotray.recovery import _without_draining
+
+    head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != node[1])
+    reserved = {node[1]: {"probe": 1.0}, head: {"CPU": 1.0}}  # the coordinator's shape
+    assert _without_draining(reserved) == reserved
+    imds.serve_notice("terminate", lead_s=120)
+    watcher_for(imds, node).poll_once()
+    assert _without_draining(reserved) == {head: {"CPU": 1.0}}
+
+
 def test_rebalance_asks_for_a_checkpoint_without_draining(imds, node) -> None:
     from ray.experimental import internal_kv
 
