@@ -109,13 +109,13 @@ def test_notice_drains_the_node_once_with_its_deadline(imds, node, tmp_path: Pat
     assert shown["notices"] >= 1
 
 
-def test_a_drained_node_is_not_counted_for_the_next_worker_group(imds, node) -> None:
+def test_a_drained_node_is_not_counted_for_the_next_worker_group(cluster, imds, node) -> None:
     """Ray places nothing new on a draining node, but the autoscaling coordinator counts it
     while it is alive: an elastic job restarted at the notice's deadline must not be sized
     on it (spotray.recovery)."""
     from spotray.recovery import _without_draining
 
-    head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != node[1])
+    head = cluster.head_node.node_id  # never drained (an earlier test's node may still be)
     reserved = {node[1]: {"probe": 1.0}, head: {"CPU": 1.0}}  # the coordinator's shape
     assert _without_draining(reserved) == reserved
     imds.serve_notice("terminate", lead_s=120)
