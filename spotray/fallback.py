@@ -150,7 +150,7 @@ class SpotFallbackPolicy(FreshElasticPolicy):
             self._on_demand_client.cancel_resource_request()
 
     def make_decision_for_non_running_worker_group(self) -> ScalingDecision:
-        self.forget_checkpoint_request()
+        self.forget_group()
         self._maybe_send_resource_request()  # spot, always
         spot = self._spot_workers()
         if spot is None:

@@ -154,8 +154,7 @@ class FreshElasticPolicy(ElasticScalingPolicy):
         return None if reserved is None else _without_draining(reserved)
 
     def make_decision_for_non_running_worker_group(self) -> ScalingDecision:
-        self.forget_checkpoint_request()  # the group it was asked of is gone
-        self._told, self._possible_seen = None, 0
+        self.forget_group()
         return super().make_decision_for_non_running_worker_group()
 
     def make_decision_for_running_worker_group(
@@ -228,6 +227,11 @@ class FreshElasticPolicy(ElasticScalingPolicy):
             return False
         self._asked = None
         return True
+
+    def forget_group(self) -> None:
+        """The running group is gone: what was asked of it, seen or said about it is off."""
+        self.forget_checkpoint_request()
+        self._told, self._possible_seen = None, 0
 
     def forget_checkpoint_request(self) -> None:
         """The move that asked for it is off (e.g. capacity went again)."""
