@@ -17,7 +17,7 @@ checkpoint every 20 steps):
 - grow: an elastic 1..2-worker job on 1 node, steps slowed to 1 s (a bigger model); at step
   20 a second node joins, and the job must grow onto it. Both arms keep Ray's 60 s resize
   check. spotray weighs the node as soon as its freshly recomputed cluster view shows it
-  (at most every 2 s) and grows after a checkpoint it asks for; Ray alone grows at its
+  (at most every second) and grows after a checkpoint it asks for; Ray alone grows at its
   next check and sees new nodes at its coordinator's 20 s tick.
 
 Arms: `spotray` (watchers drain on notice, the loop checkpoints and holds, fast GCS health

@@ -23,12 +23,12 @@ spotray fixes the two stale views where they live, with settings and APIs Ray of
   the nodes that exist.
 - `FreshElasticPolicy`, Ray's elastic policy with three changes. Each time it reads the
   cluster (every decision while the job waits, every controller poll while it runs) the
-  coordinator recomputes first, at most every 2 s, so that nodes coming back are seen
-  within seconds, not at the coordinator's next 20 s tick. A running job weighs growth as
-  soon as the cluster holds more workers than at its last look, not only at Ray's resize
-  check (`resize_check_s`, 60 s by default: a node that joined waited 30 s on average, and
-  up to a full interval after each restart). And a running job grows only
-  after a checkpoint it asks for: room for more workers becomes a
+  coordinator recomputes first, at most every second (the controller's poll), so that
+  nodes coming back are seen within seconds, not at the coordinator's next 20 s tick. A
+  running job weighs growth as soon as the cluster holds more workers than at its last
+  look, not only at Ray's resize check (`resize_check_s`, 60 s by default: a node that
+  joined waited 30 s on average, and up to a full interval after each restart). And a
+  running job grows only after a checkpoint it asks for: room for more workers becomes a
   checkpoint request (the one a rebalance hint makes), and the new worker group resumes
   from that checkpoint, so a growth costs one restart and no steps redone. Room is only
   taken when growing pays (`spotray.growth`: the time saved over the rest of the run
@@ -66,7 +66,7 @@ logger = logging.getLogger("ray.train.spotray.recovery")
 
 # Ray system config for the head node of clusters spotray starts (chaos, cluster.local.yaml).
 FAST_HEALTH_CHECK = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
-FRESH_EVERY_S = 2.0  # the most often a policy makes the coordinator recompute its view
+FRESH_EVERY_S = 1.0  # the most often a policy makes the coordinator recompute its view
 WAIT_FOR_DEATH_S = 5.0  # longer than FAST_HEALTH_CHECK takes; a plain worker error pays this once
 COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # (name, namespace) in Ray 2.60
 CHECKPOINT_WAIT_S = 60.0  # a loop that does not answer a checkpoint request still moves, from its last one

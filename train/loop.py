@@ -285,7 +285,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # One all-reduce carries the loss and every decision that must be unanimous; rank 0
         # votes on timing so that all ranks act at the same step.
         now = time.time()
-        vote_poll = rank == 0 and now - last_poll >= preemption.POLL_S
+        # At the step boundary nearest one POLL_S after the last poll: with steps of about
+        # POLL_S, every step (a strict `>=` would poll every other one, half the time).
+        vote_poll = rank == 0 and now - last_poll + step_s / 2 >= preemption.POLL_S
         asked = (_checkpoint_request_time() or 0.0) if vote_poll else 0.0
         requested = asked > request_seen
         if requested:  # a rebalance hint or a move back to spot: checkpoint early
@@ -295,22 +297,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         vote_final = rank == 0 and plan.wants_final(now * 1000, step_s, last_commit)
         if vote_poll:
             last_poll = now
+        ready = float(writer.pending is None or writer.pending.done())
         stats = torch.tensor(
-            [0.0, float(writer.pending is None or writer.pending.done()), vote_due, vote_poll, vote_final],
-            dtype=torch.float64,
-            device=device,
+            [0.0, ready, vote_due, vote_poll, vote_final, requested], dtype=torch.float64, device=device
         )
         stats[0] = loss_sum
         if distributed:
             dist.all_reduce(stats)
         loss_value = stats[0].item() / batch
-        all_ready, due, poll, final = (
+        all_ready, due, poll, final, asked = (
             stats[1].item() == world,
             stats[2].item() > 0,
             stats[3].item() > 0,
             stats[4].item() > 0,
+            stats[5].item() > 0,
         )
-        urgent = final
+        # A requested checkpoint is handed over at once: the move that asked for it (a
+        # growth, a move back to spot) waits on it, and every step after it is redone.
+        urgent = final or asked
         if poll:
             info = ray.train.get_preemption_info()  # a collective: every rank asks at this step
             if plan.notice(info):
@@ -357,7 +361,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 writer, model, optimizer, scheduler, progress, cfg, world, rank, answering, pace
             )
             answering = None
-            if urgent:  # a node is going: write and hand it over now, not at a later step
+            if urgent:  # a node is going, or a move waits: write and hand it over now
                 commit(writer.wait())
             obs = Observation(
                 step_s=step_s,
