@@ -285,9 +285,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # One all-reduce carries the loss and every decision that must be unanimous; rank 0
         # votes on timing so that all ranks act at the same step.
         now = time.time()
-        # At the step boundary nearest one POLL_S after the last poll: with steps of about
-        # POLL_S, every step (a strict `>=` would poll every other one, half the time).
-        vote_poll = rank == 0 and now - last_poll + step_s / 2 >= preemption.POLL_S
+        vote_poll = rank == 0 and preemption.poll_due(now - last_poll, step_s)
         asked = (_checkpoint_request_time() or 0.0) if vote_poll else 0.0
         requested = asked > request_seen
         if requested:  # a rebalance hint or a move back to spot: checkpoint early

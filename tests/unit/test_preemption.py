@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 from ray.train import PreemptionInfo
 
-from spotray.preemption import HOLD_GRACE_S, MIN_GUARD_S, PreemptionPlan
+from spotray.preemption import HOLD_GRACE_S, MIN_GUARD_S, POLL_S, PreemptionPlan, poll_due
 
 DEADLINE = 1_000_000_000  # ms
 
@@ -45,3 +47,25 @@ def test_a_second_notice_with_another_deadline_is_news() -> None:
     plan.final_saved = True
     assert plan.notice(info(DEADLINE + 5000))  # another node, later deadline (merged info)
     assert not plan.final_saved
+
+
+def polled_steps(step_times: list[float]) -> list[int]:
+    """The steps (1-based) at whose end the loop polls, for these step durations."""
+    now, last, polled = 0.0, float("-inf"), []
+    for step, dt in enumerate(step_times, start=1):
+        now += dt
+        if poll_due(now - last, dt):
+            last = now
+            polled.append(step)
+    return polled
+
+
+def test_steps_of_about_a_poll_interval_poll_at_every_step() -> None:
+    jittered = [POLL_S + (0.004 if i % 2 else -0.004) for i in range(10)]  # 0.996 s, 1.004 s, ...
+    assert polled_steps(jittered) == list(range(1, 11))
+
+
+def test_short_steps_poll_about_once_a_poll_interval_and_long_steps_every_step() -> None:
+    short = polled_steps([POLL_S / 5] * 50)  # 0.2 s steps
+    assert short[0] == 1 and all(b - a == 5 for a, b in itertools.pairwise(short))
+    assert polled_steps([3 * POLL_S] * 4) == [1, 2, 3, 4]
