@@ -108,17 +108,24 @@ def max_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
     return max(float((a["model"][k] - b["model"][k]).abs().max()) for k in b["model"])
 
 
+def chaos(folder: Path, config: dict[str, Any], flags: list[str]) -> dict[str, Any]:
+    """One `spotray chaos` run of `config` on a fresh 3-node cluster, steps padded to STEP_S;
+    returns its report."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "spotray.cli", "chaos", str(path), "--nodes", "3"]
+    cmd += ["--slow-step-s", str(STEP_S), "--report", "report.json", *flags]
+    done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise SystemExit(f"{folder.name} failed:\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
+    return json.loads((folder / "report.json").read_text())
+
+
 def reference(workdir: Path) -> dict[str, Any]:
     """The same job without preemptions, on the same 3-node cluster: the weights the arms
     must match, and the goodput that the job's own start leaves (the ceiling for the arms)."""
-    path = workdir / "reference.yaml"
-    path.write_text(yaml.safe_dump(CONFIG))
-    cmd = [sys.executable, "-m", "spotray.cli", "chaos", str(path), "--nodes", "3", "--events", "0"]
-    cmd += ["--slow-step-s", str(STEP_S), "--report", "report.json"]
-    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise SystemExit(f"the reference run failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    report = json.loads((workdir / "report.json").read_text())
+    report = chaos(workdir / "reference", CONFIG, ["--events", "0"])
     return {
         "wall_s": report["wall_s"],
         "goodput": goodput(report),
@@ -145,18 +152,8 @@ def goodput(report: dict[str, Any]) -> float:
 
 def run_arm(arm: str, workdir: Path, ref: dict[str, Any]) -> dict[str, Any]:
     update, flags = ARMS[arm]
-    folder = workdir / arm
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(merged(update)))
     events = [x for e in SCHEDULE for x in ("--event", e)]
-    cmd = [sys.executable, "-m", "spotray.cli", "chaos", str(path), "--nodes", "3", *events]
-    cmd += ["--lead-s", str(LEAD_S), "--slow-step-s", str(STEP_S), "--seed", "0", "--report", "report.json"]
-    cmd += flags
-    done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise SystemExit(f"{arm} failed:\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
-    report = json.loads((folder / "report.json").read_text())
+    report = chaos(workdir / arm, merged(update), [*events, "--lead-s", str(LEAD_S), "--seed", "0", *flags])
     checkpoints = [e for e in report["hub_events"] if e["kind"] == "checkpoint"]
     return {
         "arm": arm,
@@ -280,8 +277,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-preemption-") as tmp:
         workdir = Path(tmp)
         print("reference: the same job without preemptions ...", end=" ", flush=True)
-        (workdir / "reference").mkdir()
-        ref = reference(workdir / "reference")
+        ref = reference(workdir)
         print(f"wall {ref['wall_s']:.0f} s, goodput {ref['goodput']:.2f}", flush=True)
         for r in range(args.repeats):
             for arm in ARMS:

@@ -286,12 +286,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # votes on timing so that all ranks act at the same step.
         now = time.time()
         vote_poll = rank == 0 and preemption.poll_due(now - last_poll, step_s)
-        asked = (_checkpoint_request_time() or 0.0) if vote_poll else 0.0
-        requested = asked > request_seen
-        if requested:  # a rebalance hint or a move back to spot: checkpoint early
+        asked_at = (_checkpoint_request_time() or 0.0) if vote_poll else 0.0
+        requested = asked_at > request_seen
+        if requested:  # a rebalance hint, a growth or a move back to spot: checkpoint now
             request_seen = now
-            answering = asked
-        vote_due = rank == 0 and (step >= next_due or step == stop_step or requested)
+            answering = asked_at
+        vote_due = rank == 0 and (step >= next_due or step == stop_step)
         vote_final = rank == 0 and plan.wants_final(now * 1000, step_s, last_commit)
         if vote_poll:
             last_poll = now
