@@ -3,10 +3,11 @@
     python scripts/bench_preemption.py                  # one run of each, 8-11 minutes on 2 cores
     python scripts/bench_preemption.py --repeats 3 --markdown BENCHMARKS.md \
         --plot docs/preemption-timeline.png
+    python scripts/bench_preemption.py --steps 2500     # a longer job, the same preemptions
 
 Each run is `spotray chaos` in its own process: a fresh local Ray cluster of 3 spot nodes
 (real raylets, each with a loopback IMDS), a small GPT (2 layers, 64-byte context, 200
-steps, 16 sequences per step, seed 7), its steps padded to 0.2 s (chaos --slow-step-s, a
+steps unless --steps, 16 sequences per step, seed 7), its steps padded to 0.2 s (chaos --slow-step-s, a
 bigger model's pace: the notice's lead then spans 20 steps), and one schedule for all: at
 step 40 a spot notice, the node killed 4 s later (AWS's 120 s scaled to the run); at step
 110 a node killed without notice (between periodic checkpoints); at step 150 another notice
@@ -33,6 +34,11 @@ the largest difference of any final weight from an uninterrupted 2-worker run (t
 is from --repeats 3, about 20 minutes). The uninterrupted run comes first, on the same
 cluster (`chaos --events 0`), and its goodput is in the table too: what the job's own
 start leaves, the most any arm can reach.
+
+`--steps N` lengthens the job and keeps the schedule: the same three preemptions in a job
+of N steps. Goodput is a ratio of step seconds to wall seconds, and the starts and
+restarts cost seconds, not steps, so it rises with the job's length; the default (40 s of
+steps) is what fits four runs in 15 minutes.
 
 Then the three policies are projected to a 24-hour, 8-node p3.8xlarge job with
 spotray.simulator over the shared 16-node availability traces, with the restart seconds
@@ -82,6 +88,7 @@ CONFIG: dict[str, Any] = {
     "failure": {"max_failures": 10},
 }
 SCHEDULE = ["40:announced", "110:unannounced", "150:announced"]
+LAST_EVENT_STEP = max(int(e.split(":")[0]) for e in SCHEDULE)
 LEAD_S = 4.0  # AWS: 120 s
 STEP_S = 0.2  # steps padded to this (chaos --slow-step-s): the lead spans 20 steps
 SIGTERM_GRACE_S = 2.0  # from the OS shutdown to the instance gone
@@ -96,6 +103,10 @@ SHARED = REPO.parent / "shared" / "data" / "spot-traces" / "availability" / "16-
 
 def merged(update: dict[str, Any]) -> dict[str, Any]:
     return {**CONFIG, **{k: {**CONFIG[k], **v} for k, v in update.items()}}
+
+
+def with_steps(config: dict[str, Any], steps: int) -> dict[str, Any]:
+    return {**config, "optimizer": {**config["optimizer"], "steps": steps}}
 
 
 def final_state(checkpoint: str) -> dict[str, Any]:
@@ -116,16 +127,17 @@ def chaos(folder: Path, config: dict[str, Any], flags: list[str]) -> dict[str, A
     path.write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "spotray.cli", "chaos", str(path), "--nodes", "3"]
     cmd += ["--slow-step-s", str(STEP_S), "--report", "report.json", *flags]
-    done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=900)
+    timeout_s = 900 + 3 * STEP_S * config["optimizer"]["steps"]
+    done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=timeout_s)
     if done.returncode != 0:
         raise SystemExit(f"{folder.name} failed:\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
     return json.loads((folder / "report.json").read_text())
 
 
-def reference(workdir: Path) -> dict[str, Any]:
+def reference(workdir: Path, config: dict[str, Any]) -> dict[str, Any]:
     """The same job without preemptions, on the same 3-node cluster: the weights the arms
     must match, and the goodput that the job's own start leaves (the ceiling for the arms)."""
-    report = chaos(workdir / "reference", CONFIG, ["--events", "0"])
+    report = chaos(workdir / "reference", config, ["--events", "0"])
     return {
         "wall_s": report["wall_s"],
         "goodput": goodput(report),
@@ -150,10 +162,11 @@ def goodput(report: dict[str, Any]) -> float:
     return min(1.0, useful / report["wall_s"])
 
 
-def run_arm(arm: str, workdir: Path, ref: dict[str, Any]) -> dict[str, Any]:
+def run_arm(arm: str, workdir: Path, ref: dict[str, Any], steps: int) -> dict[str, Any]:
     update, flags = ARMS[arm]
     events = [x for e in SCHEDULE for x in ("--event", e)]
-    report = chaos(workdir / arm, merged(update), [*events, "--lead-s", str(LEAD_S), "--seed", "0", *flags])
+    config = with_steps(merged(update), steps)
+    report = chaos(workdir / arm, config, [*events, "--lead-s", str(LEAD_S), "--seed", "0", *flags])
     checkpoints = [e for e in report["hub_events"] if e["kind"] == "checkpoint"]
     return {
         "arm": arm,
@@ -268,21 +281,30 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each arm; medians reported")
     parser.add_argument("--markdown", type=Path, help="append the results as a section to this file")
     parser.add_argument("--plot", type=Path, help="PNG timeline of the first repeat")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=CONFIG["optimizer"]["steps"],
+        help="the job's length in steps (0.2 s each), the preemptions unchanged; "
+        f"must exceed {LAST_EVENT_STEP}",
+    )
     parser.add_argument("--on-demand-price", type=float, default=12.24, help="p3.8xlarge $/h (bundled table)")
     parser.add_argument("--spot-price", type=float, default=3.672, help="$/h; default: 70%% below on demand")
     args = parser.parse_args()
+    if args.steps <= LAST_EVENT_STEP:
+        parser.error(f"--steps must exceed the schedule's last event, step {LAST_EVENT_STEP}")
 
     started = time.time()
     results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
     with tempfile.TemporaryDirectory(prefix="bench-preemption-") as tmp:
         workdir = Path(tmp)
         print("reference: the same job without preemptions ...", end=" ", flush=True)
-        ref = reference(workdir)
+        ref = reference(workdir, with_steps(CONFIG, args.steps))
         print(f"wall {ref['wall_s']:.0f} s, goodput {ref['goodput']:.2f}", flush=True)
         for r in range(args.repeats):
             for arm in ARMS:
                 print(f"repeat {r + 1}/{args.repeats} {arm:<10} ...", end=" ", flush=True)
-                run = run_arm(arm, workdir / f"r{r}", ref)
+                run = run_arm(arm, workdir / f"r{r}", ref, args.steps)
                 results[arm].append(run)
                 print(
                     f"wall {run['wall_s']:.0f} s, goodput {run['goodput']:.2f}, lost {run['lost']}, "
@@ -328,7 +350,7 @@ def main() -> None:
         section = [
             f"\n### Head to head, {time.strftime('%Y-%m-%d')} ({machine})",
             "",
-            f"`{command.strip()}`: medians of {args.repeats} runs per arm, "
+            f"`{command.strip()}`: {args.steps} steps, medians of {args.repeats} runs per arm, "
             f"whole script {(time.time() - started) / 60:.1f} min.",
             "",
             *table,
