@@ -6,14 +6,14 @@
     python scripts/bench_preemption.py --steps 2500     # a longer job, the same preemptions
 
 Each run is `spotray chaos` in its own process: a fresh local Ray cluster of 3 spot nodes
-(real raylets, each with a loopback IMDS), a small GPT (2 layers, 64-byte context, 200
-steps unless --steps, 16 sequences per step, seed 7), its steps padded to 0.2 s (chaos --slow-step-s, a
-bigger model's pace: the notice's lead then spans 20 steps), and one schedule for all: at
-step 40 a spot notice, the node killed 4 s later (AWS's 120 s scaled to the run); at step
-110 a node killed without notice (between periodic checkpoints); at step 150 another notice
-and kill. A replacement node joins for each node taken, when Ray's autoscaler v2 would bring
-one: at the notice where spotray's watcher drained the node, after the kill otherwise
-(chaos's module doc). The arms:
+(real raylets, each with a loopback IMDS), a small GPT (2 layers, 64-byte context, 200 steps
+unless --steps, 16 sequences per step, seed 7), its steps padded to 0.2 s on 2 workers
+(chaos --slow-step-s, a bigger model's pace: the notice's lead then spans 20 steps; 0.4 s on
+one), and one schedule for all: at step 40 a spot notice, the node killed 4 s later (AWS's
+120 s scaled to the run); at step 110 a node killed without notice (between periodic
+checkpoints); at step 150 another notice and kill. A replacement node joins for each node
+taken, when Ray's autoscaler v2 would bring one: at the notice where spotray's watcher
+drained the node, after the kill otherwise (chaos's module doc). The arms:
 
 - article: what the article this project grew from suggests. Fixed 2 workers, a checkpoint
   every 20 steps (an "epoch" of the small corpus), restarts from the last checkpoint, and a
@@ -350,7 +350,8 @@ def main() -> None:
         section = [
             f"\n### Head to head, {time.strftime('%Y-%m-%d')} ({machine})",
             "",
-            f"`{command.strip()}`: {args.steps} steps, medians of {args.repeats} runs per arm, "
+            f"`{command.strip()}`: {args.steps} steps, "
+            f"{'one run' if args.repeats == 1 else f'medians of {args.repeats} runs'} per arm, "
             f"whole script {(time.time() - started) / 60:.1f} min.",
             "",
             *table,

@@ -14,11 +14,12 @@ checkpoint every 20 steps):
   after the kill with Ray alone.
 - unannounced: an elastic 1..2-worker job on 2 nodes; at step 40 one node is killed; no
   replacement, so the job must go on with one worker.
-- grow: an elastic 1..2-worker job on 1 node, steps slowed to 1 s (a bigger model); at step
-  20 a second node joins, and the job must grow onto it. Both arms keep Ray's 60 s resize
-  check. spotray weighs the node as soon as its freshly recomputed cluster view shows it
-  (at most every second) and grows after a checkpoint it asks for; Ray alone grows at its
-  next check and sees new nodes at its coordinator's 20 s tick.
+- grow: an elastic 1..2-worker job on 1 node, steps slowed to 1 s on one worker, 0.5 s on
+  two (a bigger model); at step 20 a second node joins, and the job must grow onto it. Both
+  arms keep Ray's 60 s resize check. spotray weighs the node as soon as its freshly
+  recomputed cluster view shows it (at most every second) and grows after a checkpoint it
+  asks for; Ray alone grows at its next check and sees new nodes at its coordinator's 20 s
+  tick.
 
 Arms: `spotray` (watchers drain on notice, the loop checkpoints and holds, fast GCS health
 check, fresh cluster view after a failure and at each decision, growth after a checkpoint)
@@ -67,7 +68,8 @@ SCENARIOS = {
     ),
     "grow": (
         {"scaling": {"min_workers": 1, "max_workers": 2}},
-        ["--nodes", "1", "--no-replace", "--slow-step-s", "1.0", "--event", "20:add"],
+        # 1 s a step on the one worker before the growth (0.5 s at the full size of 2)
+        ["--nodes", "1", "--no-replace", "--slow-step-s", "0.5", "--event", "20:add"],
     ),
 }
 

@@ -52,8 +52,9 @@ DIR_PATTERN = re.compile(r"^checkpoint_(\d+)$")
 # Fault injection (`spotray chaos --slow-storage-s`): every write takes this much longer, its
 # manifest held back meanwhile, as on a slow disk. Lets a test land a notice mid-write.
 SLOW_WRITE_ENV = "SPOTRAY_FAULT_SLOW_WRITE_S"
-# Fault injection (`spotray chaos --slow-step-s`): every step takes at least this long, as
-# with a bigger model, so that capacity changes land while a short test run still trains.
+# Fault injection (`spotray chaos --slow-step-s`): every step takes at least this long on the
+# job's full size (max_workers/world times it on fewer), as with a bigger model, so that
+# capacity changes land while a short test run still trains.
 SLOW_STEP_ENV = "SPOTRAY_FAULT_SLOW_STEP_S"
 
 

@@ -249,8 +249,9 @@ def chaos(
         typer.Option(
             "--slow-step-s",
             min=0.0,
-            help="Make every step take at least this many seconds (a bigger model), so that "
-            "nodes added mid-run find the job still training.",
+            help="Make every step take at least this many seconds on the job's full size "
+            "(max_workers), and full/workers times that on fewer, as a bigger model with a fixed "
+            "global batch would, so that nodes added mid-run find the job still training.",
         ),
     ] = 0.0,
     sigterm_grace: Annotated[

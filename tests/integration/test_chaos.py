@@ -6,6 +6,7 @@ its JSON report and the final checkpoint are what the tests check.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -132,8 +133,38 @@ def test_elastic_job_near_its_end_does_not_grow(tmp_path: Path) -> None:
         "optimizer": {**ELASTIC["optimizer"], "steps": 100},
         "scaling": {"min_workers": 1, "max_workers": 2, "resize_check_s": 1},
     }
-    report = chaos(tmp_path, update, "50:add", nodes=1, replace=False, slow_step_s=0.2)
+    # 0.1 s a step on 2 workers: 0.2 s on the one it runs on.
+    report = chaos(tmp_path, update, "50:add", nodes=1, replace=False, slow_step_s=0.1)
     assert report["final_step"] == 100 and report["restarts"] == 0
     (added,) = report["events"]
     assert added["workers_after"] == 1 and added["resumed_step"] is None
     assert [e["world_size"] for e in report["hub_events"] if e["kind"] == "start"] == [1]
+
+
+def test_elastic_job_grows_back_onto_the_replacement_that_joined_while_it_restarted(tmp_path: Path) -> None:
+    """A notice, and a replacement that joins at the notice (as Ray's autoscaler replaces a
+    drained node) but is usually not counted by the deadline 1 s later (4 of 6 runs here):
+    the group restarts on the node left and, when it is up a few seconds later, the
+    replacement is there. The policy weighs it at once and asks for a checkpoint before the
+    new loop has begun: the loop must answer that request (it is newer than the loop's
+    process), so that the job grows back from that checkpoint, fewer steps redone than a
+    checkpoint interval, instead of waiting out the policy's 60 s for an answer (longer than
+    this run) and growing from the last periodic checkpoint. When the replacement is counted
+    at the deadline, the job restarts on both nodes and there is no growth to check.
+    Steps take 0.2 s on 2 workers and 0.4 s on one."""
+    update = {
+        **ELASTIC,
+        "optimizer": {**ELASTIC["optimizer"], "steps": 150},
+        "scaling": {"min_workers": 1, "max_workers": 2, "grow_payback_restarts": 0},
+    }
+    report = chaos(tmp_path, update, "25:announced", nodes=2, slow_step_s=0.2, lead_s=1.0)
+    assert report["final_step"] == 150
+    assert report["events"][0]["steps_lost"] == 0
+    starts = [e for e in report["hub_events"] if e["kind"] == "start"]
+    assert starts[-1]["world_size"] == 2, starts  # back on both nodes before the end
+    for shrunk, grown in itertools.pairwise(starts[1:]):  # a growth: from the checkpoint it asked for
+        reached = max(step for t, step in report["steps"] if t < grown["time"])
+        assert grown["step"] > shrunk["step"] and reached - grown["step"] < 20, (shrunk, grown, reached)
+    for start in starts:
+        first = min((t, step) for t, step in report["steps"] if t >= start["time"])
+        assert first[1] == start["step"] + 1, (start, first)
