@@ -26,8 +26,8 @@ drained the node, after the kill otherwise (chaos's module doc). The arms:
 - spotray: the watchers drain the node on the notice, the loop checkpoints at once and
   holds, the job is elastic (1..2 workers) and the checkpoint interval is `auto`.
 
-Measured per run: wall time (the driver's fit()), goodput (seconds spent on the steps that
-survive / wall time), steps lost per preemption, seconds from each kill to the next trained
+Measured per run: wall time (the driver's fit()), goodput (the job's steps at the
+uninterrupted run's pace / wall time), steps lost per preemption, seconds from each kill to the next trained
 step, checkpoint stall (seconds training paused to snapshot), the final step and loss, and
 the largest difference of any final weight from an uninterrupted 2-worker run (tolerance
 1e-4, tests/integration/conftest.py). Medians over the repeats (the table in BENCHMARKS.md
@@ -51,6 +51,7 @@ an elastic 4..8 job that loses none; next to the all on-demand bill.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -136,30 +137,34 @@ def chaos(folder: Path, config: dict[str, Any], flags: list[str]) -> dict[str, A
 
 def reference(workdir: Path, config: dict[str, Any]) -> dict[str, Any]:
     """The same job without preemptions, on the same 3-node cluster: the weights the arms
-    must match, and the goodput that the job's own start leaves (the ceiling for the arms)."""
+    must match, the job's pace, and the goodput that its own start leaves (the ceiling for
+    the arms)."""
     report = chaos(workdir / "reference", config, ["--events", "0"])
+    step_s = pace(report)
     return {
         "wall_s": report["wall_s"],
-        "goodput": goodput(report),
+        "step_s": step_s,
+        "goodput": goodput(report, step_s),
         "state": final_state(report["checkpoint"]),
     }
 
 
-def goodput(report: dict[str, Any]) -> float:
-    """Seconds spent on the steps that survive (each step's last run) over the wall time."""
-    starts = sorted(e["time"] for e in report["hub_events"] if e["kind"] == "start")
-    durations: dict[int, float] = {}  # step -> seconds of its last run
-    previous: tuple[float, int] | None = None
-    for t, step in report["steps"]:
-        restarted = previous is None or any(previous[0] < s <= t for s in starts)
-        if restarted or step != previous[1] + 1:
-            durations.pop(step, None)  # this run's time includes the start: counted at the median
-        else:
-            durations[step] = t - previous[0]
-        previous = (t, step)
-    typical = statistics.median(durations.values())
-    useful = sum(durations.get(s, typical) for s in range(1, report["final_step"] + 1))
-    return min(1.0, useful / report["wall_s"])
+def pace(report: dict[str, Any]) -> float:
+    """A run's median step, from one step to the next of the same worker group (a group's
+    first step, which includes its start, left out)."""
+    starts = [e["time"] for e in report["hub_events"] if e["kind"] == "start"]
+    pairs = itertools.pairwise(report["steps"])
+    return statistics.median(
+        t - t0 for (t0, s0), (t, s) in pairs if s == s0 + 1 and not any(t0 < start <= t for start in starts)
+    )
+
+
+def goodput(report: dict[str, Any], step_s: float) -> float:
+    """The time the job's steps take at its full size's pace (`step_s`, the uninterrupted
+    run's) over the wall time. Steps redone count once; steps on fewer workers, slower
+    (chaos --slow-step-s), count at the full pace: the time the job needed, not the time
+    it spent."""
+    return min(1.0, report["final_step"] * step_s / report["wall_s"])
 
 
 def run_arm(arm: str, workdir: Path, ref: dict[str, Any], steps: int) -> dict[str, Any]:
@@ -171,7 +176,7 @@ def run_arm(arm: str, workdir: Path, ref: dict[str, Any], steps: int) -> dict[st
     return {
         "arm": arm,
         "wall_s": report["wall_s"],
-        "goodput": goodput(report),
+        "goodput": goodput(report, ref["step_s"]),
         "lost": [e["steps_lost"] for e in report["events"]],
         "to_step_s": [e["kill_to_resume_s"] for e in report["events"]],
         "stall_s": sum(e["stall_s"] for e in checkpoints),

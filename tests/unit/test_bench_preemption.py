@@ -16,14 +16,19 @@ def load_bench():  # a script, not a package module
     return module
 
 
-def test_goodput_counts_each_surviving_step_once() -> None:
+def test_pace_leaves_out_each_groups_first_step() -> None:
     # Steps 1-3, a restart at t=10 back to the checkpoint at step 2, then steps 3 and 4.
-    # Surviving: 1 and 2 of the first run, 3 and 4 of the second. Measured: step 2 took
-    # 1.0 s, step 4 1.5 s; steps that open a run (1, and 3 again) count at their median.
+    # From one step to the next of the same group: 1.0 (2), 1.0 (3), 1.5 (4); step 3 again
+    # (t=11) includes the restart and is left out.
     report = {
         "hub_events": [{"kind": "start", "time": 0.0}, {"kind": "start", "time": 10.0}],
         "steps": [(1.0, 1), (2.0, 2), (3.0, 3), (11.0, 3), (12.5, 4)],
-        "final_step": 4,
-        "wall_s": 12.0,
     }
-    assert load_bench().goodput(report) == (1.25 + 1.0 + 1.25 + 1.5) / 12.0
+    assert load_bench().pace(report) == 1.0
+
+
+def test_goodput_counts_the_jobs_steps_at_its_full_pace() -> None:
+    # 4 steps that take 1 s each on the full size: whatever the run spent on them (a redone
+    # step, slower steps on fewer workers), the job needed 4 s of its 12 s wall.
+    report = {"final_step": 4, "wall_s": 12.0}
+    assert load_bench().goodput(report, 1.0) == 4.0 / 12.0
