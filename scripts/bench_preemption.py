@@ -1,6 +1,6 @@
 """The same job under the same preemptions, three ways: a plain script, Ray Train alone, spotray.
 
-    python scripts/bench_preemption.py                  # one run of each, 8-11 minutes on 2 cores
+    python scripts/bench_preemption.py                  # one run of each, 7-11 minutes on 2 cores
     python scripts/bench_preemption.py --repeats 3 --markdown BENCHMARKS.md \
         --plot docs/preemption-timeline.png
     python scripts/bench_preemption.py --steps 2500     # a longer job, the same preemptions
