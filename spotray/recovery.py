@@ -35,13 +35,8 @@ spotray fixes the two stale views where they live, with settings and APIs Ray of
   against `scaling.grow_payback_restarts` restarts), on the pace the training loop reports
   with each checkpoint (`ReportClock`).
 
-Both policies also leave draining nodes out of what they count (`_split_draining`): Ray
+Both policies also leave draining nodes out of what they count (`_without_draining`): Ray
 places nothing new on a node being drained, but the coordinator counts it until it is dead.
-And they ask the coordinator for the draining nodes' workers on top of `max_workers`: it
-reserves up to what is asked, so a replacement that joined at the notice was not reserved
-for the job while the drained node lived, and the restart at the deadline was sized
-without it (measured: restarted on 1 worker, room for 2 found 4.5 s later, one restart
-more).
 
 The start timeout is left alone: lowering it would also cut short legitimate slow starts
 (cold GPU nodes), and a timed-out start is retried for ever.
@@ -144,10 +139,6 @@ class FreshElasticPolicy(ElasticScalingPolicy):
         self._asked: _Asked | None = None
         self._told: tuple[int, int] | None = None  # the growth last logged as not paying
         self._possible_seen = 0  # workers the cluster held at the running group's last look
-        self._draining_workers = 0  # workers' worth reserved on draining nodes (module doc)
-
-    def _get_num_workers_for_resource_request(self) -> int:
-        return super()._get_num_workers_for_resource_request() + self._draining_workers
 
     def _get_reserved_resources(self) -> Any:
         now = time.monotonic()
@@ -160,14 +151,7 @@ class FreshElasticPolicy(ElasticScalingPolicy):
                 self._latest_reserved_resources_query_time = now
         if reserved is None:
             reserved = super()._get_reserved_resources()
-        if reserved is None:
-            return None
-        kept, draining = _split_draining(reserved)
-        share = self._count_possible_workers(draining) if draining else 0
-        if share != self._draining_workers and self._coordinator_client is not None:
-            self._draining_workers = share
-            self._send_resource_request()  # reserved from the next recompute on
-        return kept
+        return None if reserved is None else _without_draining(reserved)
 
     def make_decision_for_non_running_worker_group(self) -> ScalingDecision:
         self.forget_group()
@@ -254,8 +238,8 @@ class FreshElasticPolicy(ElasticScalingPolicy):
         self._asked = None
 
 
-def _split_draining(reserved: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The coordinator's per-node reservation: the nodes not draining, and those draining.
+def _without_draining(reserved: dict[str, Any]) -> dict[str, Any]:
+    """The coordinator's per-node reservation less the nodes being drained.
 
     Ray places no new work on a draining node, but the coordinator counts every node that
     is alive: an elastic job restarted at a notice's deadline (Ray ends the group then,
@@ -266,9 +250,8 @@ def _split_draining(reserved: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
         draining = ray._private.state.state.get_draining_nodes()
     except Exception:  # the GCS busy for a moment: a decision on the full view, not a failed run
         logger.warning("could not read the draining nodes; counting every live node", exc_info=True)
-        return reserved, {}
-    kept = {node: resources for node, resources in reserved.items() if node not in draining}
-    return kept, {node: resources for node, resources in reserved.items() if node in draining}
+        return reserved
+    return {node: resources for node, resources in reserved.items() if node not in draining}
 
 
 def _refresh_coordinator(requester: str = "spotray") -> Any:

@@ -143,15 +143,15 @@ def test_elastic_job_near_its_end_does_not_grow(tmp_path: Path) -> None:
 
 def test_elastic_job_grows_back_onto_the_replacement_that_joined_while_it_restarted(tmp_path: Path) -> None:
     """A notice, and a replacement that joins at the notice (as Ray's autoscaler replaces a
-    drained node), 1 s before the deadline. Usually the job restarts on it and the node
-    left: the draining node's worker is asked of the coordinator on top, so the replacement
-    is reserved by then (spotray.recovery). When it is not, the group restarts on the node
-    left and the replacement is there when the group is up: the policy asks for a checkpoint
-    before the new loop has begun, and the loop must answer it (it is newer than the loop's
+    drained node) but is usually not counted by the deadline 1 s later (4 of 6 runs here):
+    the group restarts on the node left and, when it is up a few seconds later, the
+    replacement is there. The policy weighs it at once and asks for a checkpoint before the
+    new loop has begun: the loop must answer that request (it is newer than the loop's
     process), so that the job grows back from that checkpoint, fewer steps redone than a
     checkpoint interval, instead of waiting out the policy's 60 s for an answer (longer than
-    this run). Either way the job ends on both nodes. Steps take 0.2 s on 2 workers, 0.4 s
-    on one."""
+    this run) and growing from the last periodic checkpoint. When the replacement is counted
+    at the deadline, the job restarts on both nodes and there is no growth to check.
+    Steps take 0.2 s on 2 workers and 0.4 s on one."""
     update = {
         **ELASTIC,
         "optimizer": {**ELASTIC["optimizer"], "steps": 150},

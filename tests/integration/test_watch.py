@@ -113,14 +113,14 @@ def test_a_drained_node_is_not_counted_for_the_next_worker_group(cluster, imds, 
     """Ray places nothing new on a draining node, but the autoscaling coordinator counts it
     while it is alive: an elastic job restarted at the notice's deadline must not be sized
     on it (spotray.recovery)."""
-    from spotray.recovery import _split_draining
+    from spotray.recovery import _without_draining
 
     head = cluster.head_node.node_id  # never drained (an earlier test's node may still be)
     reserved = {node[1]: {"probe": 1.0}, head: {"CPU": 1.0}}  # the coordinator's shape
-    assert _split_draining(reserved) == (reserved, {})
+    assert _without_draining(reserved) == reserved
     imds.serve_notice("terminate", lead_s=120)
     watcher_for(imds, node).poll_once()
-    assert _split_draining(reserved) == ({head: {"CPU": 1.0}}, {node[1]: {"probe": 1.0}})
+    assert _without_draining(reserved) == {head: {"CPU": 1.0}}
 
 
 def test_rebalance_asks_for_a_checkpoint_without_draining(imds, node) -> None:
