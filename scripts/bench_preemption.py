@@ -69,6 +69,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from spotray import checkpoint as ckpt  # noqa: E402
+from spotray.chaos import parse_event  # noqa: E402
 from spotray.simulator import Job, Trace, simulate  # noqa: E402
 
 NAME = "bench-preemption"
@@ -89,8 +90,8 @@ CONFIG: dict[str, Any] = {
     "failure": {"max_failures": 10},
 }
 SCHEDULE = ["40:announced", "110:unannounced", "150:announced"]
-LAST_EVENT_STEP = max(int(e.split(":")[0]) for e in SCHEDULE)
 LEAD_S = 4.0  # AWS: 120 s
+LAST_EVENT_STEP = max(parse_event(e, LEAD_S).at_step for e in SCHEDULE)
 STEP_S = 0.2  # steps padded to this (chaos --slow-step-s): the lead spans 20 steps
 SIGTERM_GRACE_S = 2.0  # from the OS shutdown to the instance gone
 ARMS: dict[str, tuple[dict[str, Any], list[str]]] = {
@@ -104,10 +105,6 @@ SHARED = REPO.parent / "shared" / "data" / "spot-traces" / "availability" / "16-
 
 def merged(update: dict[str, Any]) -> dict[str, Any]:
     return {**CONFIG, **{k: {**CONFIG[k], **v} for k, v in update.items()}}
-
-
-def with_steps(config: dict[str, Any], steps: int) -> dict[str, Any]:
-    return {**config, "optimizer": {**config["optimizer"], "steps": steps}}
 
 
 def final_state(checkpoint: str) -> dict[str, Any]:
@@ -170,7 +167,7 @@ def goodput(report: dict[str, Any], step_s: float) -> float:
 def run_arm(arm: str, workdir: Path, ref: dict[str, Any], steps: int) -> dict[str, Any]:
     update, flags = ARMS[arm]
     events = [x for e in SCHEDULE for x in ("--event", e)]
-    config = with_steps(merged(update), steps)
+    config = merged({**update, "optimizer": {"steps": steps}})
     report = chaos(workdir / arm, config, [*events, "--lead-s", str(LEAD_S), "--seed", "0", *flags])
     checkpoints = [e for e in report["hub_events"] if e["kind"] == "checkpoint"]
     return {
@@ -322,7 +319,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-preemption-") as tmp:
         workdir = Path(tmp)
         print("reference: the same job without preemptions ...", end=" ", flush=True)
-        ref = reference(workdir, with_steps(CONFIG, args.steps))
+        ref = reference(workdir, merged({"optimizer": {"steps": args.steps}}))
         print(f"wall {ref['wall_s']:.0f} s, goodput {ref['goodput']:.2f}", flush=True)
         for r in range(args.repeats):
             for arm in results:
