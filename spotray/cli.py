@@ -170,12 +170,23 @@ def watch(
         except ValueError:
             choices = ", ".join(a.value for a in RebalanceAction)
             raise ConfigError(f"--rebalance must be one of {choices}, got {rebalance!r}") from None
+        from spotray.jobs import use_token_auth_if_available
+        from spotray.watch import wait_for_gcs
+
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        gcs, node = connect_to_node(address, node_id)
-        watcher = Watcher(IMDSClient(imds_url), RayNode(gcs, node), policy, interval_s=interval)
         stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+
+        def stop_on_signals() -> None:  # again after ray.init, which installs its own
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+
+        stop_on_signals()
+        use_token_auth_if_available()  # before Ray is imported, as `status` and `down` do
+        if not wait_for_gcs(address, stop):
+            return  # stopped while the GCS was out of reach
+        gcs, node = connect_to_node(address, node_id)
+        stop_on_signals()
+        watcher = Watcher(IMDSClient(imds_url), RayNode(gcs, node), policy, interval_s=interval)
         console.print(f"watching {imds_url} for node {node} (every {interval:g} s)", soft_wrap=True)
         watcher.run(stop)
 

@@ -113,6 +113,33 @@ class NoticePolicy:
         self._handled.add(action.key)
 
 
+GCS_WAIT_LOG_EVERY_S = 60.0  # an unreachable GCS is said once a minute, not every try
+
+
+def wait_for_gcs(address: str, stop: threading.Event, probe_timeout_s: float = 1.0) -> bool:
+    """Wait until the GCS at `address` (HOST:PORT) accepts a TCP connection; False if `stop`
+    was set first. `auto` is left to Ray, which finds the local cluster or fails at once.
+
+    Ray's own connect blocks in C++ for ~30 s per try, logs addresses other than the one
+    given, and holds off SIGTERM meanwhile: a plain socket probe keeps the watcher responsive
+    and its log says what it waits for.
+    """
+    host, _, port = address.rpartition(":")
+    if address == "auto" or not port.isdigit():
+        return True
+    last_log = -GCS_WAIT_LOG_EVERY_S
+    while not stop.is_set():
+        try:
+            with socket.create_connection((host, int(port)), timeout=probe_timeout_s):
+                return True
+        except OSError as err:
+            if time.monotonic() - last_log >= GCS_WAIT_LOG_EVERY_S:
+                logger.warning("cannot reach the Ray GCS at %s (%s); retrying every second", address, err)
+                last_log = time.monotonic()
+        stop.wait(1.0)
+    return False
+
+
 def request_checkpoint(reason: str, node_id: str | None = None) -> float:
     """Ask every running training loop of the cluster for a checkpoint now, from a process
     connected to Ray; returns the request's time, which the answering checkpoint reports."""

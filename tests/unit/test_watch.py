@@ -47,3 +47,32 @@ def test_rebalance_hint_by_setting() -> None:
     assert b.decision == Drain(0, b.decision.reason)  # drain, no deadline
     [c] = NoticePolicy(RebalanceAction.IGNORE).decide(None, hint)
     assert c.decision is None
+
+
+def test_watch_with_nothing_to_connect_to_says_so_and_stops_at_sigterm(tmp_path) -> None:
+    """No GCS and no IMDS: a spotray line naming what it waits for, and exit within 3 s of SIGTERM."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import SPOTRAY, free_port, spotray_env
+
+    gcs = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(
+        [*SPOTRAY, "watch", "--address", gcs, "--imds-url", f"http://127.0.0.1:{free_port()}"],
+        cwd=tmp_path,
+        env=spotray_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stderr.readline()  # the first thing it logs
+        assert f"cannot reach the Ray GCS at {gcs}" in line, line
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        assert time.monotonic() - sent < 3
+        assert proc.returncode == 0
+    finally:
+        proc.kill()
