@@ -14,7 +14,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from spotray.cost.aws import default_region
+from spotray.cost.aws import NoCredentialsError, default_region
 from spotray.errors import ConfigError, SpotrayError
 
 LedgerOption = Annotated[
@@ -205,12 +205,16 @@ def prices(
         if refresh:
             table = refresh_on_demand(client("pricing", PRICING_REGION), where, types)
             on_demand = {t: table.price(t, where) for t in types}
-        spot = spot_prices_now(client("ec2", where), types)
+        try:
+            spot: dict[str, dict[str, float]] | None = spot_prices_now(client("ec2", where), types)
+        except NoCredentialsError as err:  # the on-demand table ships with spotray: still useful
+            spot, missing = None, f"spot prices need EC2: {err}"
         if as_json:
             body = {
                 "region": where,
                 "on_demand_as_of": table.as_of,
-                "types": {t: {"on_demand": on_demand[t], "spot": spot.get(t, {})} for t in types},
+                "types": {t: {"on_demand": on_demand[t], "spot": (spot or {}).get(t, {})} for t in types},
+                **({"spot_unavailable": missing} if spot is None else {}),
             }
             print(json.dumps(body, indent=2))
             return
@@ -218,11 +222,14 @@ def prices(
         for col in ("type", "on-demand $/h", "spot $/h by AZ", "cheapest saving"):
             out.add_column(col)
         for t in types:
-            azs = spot.get(t, {})
-            by_az = ", ".join(f"{az} {p:.4f}" for az, p in sorted(azs.items())) or "no spot price"
+            azs = (spot or {}).get(t, {})
+            by_az = ", ".join(f"{az} {p:.4f}" for az, p in sorted(azs.items()))
             best = f"{100 * (1 - min(azs.values()) / on_demand[t]):.0f}%" if azs else ""
-            out.add_row(t, f"{on_demand[t]:.4f}", by_az, best)
+            shown = by_az or ("no spot price" if spot is not None else "-")
+            out.add_row(t, f"{on_demand[t]:.4f}", shown, best)
         console.print(out)
+        if spot is None:
+            console.print(f"[yellow]{missing}[/]", highlight=False)
 
 
 def plan(
@@ -264,7 +271,12 @@ def plan(
         if on_demand_price is None:
             on_demand_price = load_on_demand().price(instance_type, where)
         if spot_price is None:
-            by_az = spot_prices_now(client("ec2", where), [instance_type]).get(instance_type)
+            try:
+                by_az = spot_prices_now(client("ec2", where), [instance_type]).get(instance_type)
+            except NoCredentialsError as err:
+                raise NoCredentialsError(
+                    f"the spot price now needs EC2 ({err}); give --spot-price to plan offline"
+                ) from None
             if not by_az:
                 raise SpotrayError(f"EC2 has no spot price for {instance_type} in {where}: give --spot-price")
             spot_price = min(by_az.values())

@@ -111,3 +111,28 @@ def test_refresh_reads_the_pricing_api_into_a_dated_user_table(
     assert table.as_of == datetime.now(timezone.utc).date().isoformat()
     assert load_on_demand().source.startswith("AWS Pricing API")  # the user copy now wins
     assert load_on_demand().price("p5.48xlarge", "us-east-1") > 0  # the rest is kept
+
+
+def test_prices_without_credentials_shows_the_bundled_table(tmp_path: Path) -> None:
+    """Offline first: the on-demand table ships with spotray; spot prices need EC2, and it says so."""
+    from tests.conftest import no_aws_env, run_spotray
+
+    env = no_aws_env(HOME=str(tmp_path))  # no ~/.aws either
+    result = run_spotray(["prices", "--instance-types", "p3.8xlarge"], cwd=tmp_path, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "p3.8xlarge" in result.stdout and "12.24" in result.stdout
+    assert "spot prices need EC2: no AWS credentials found" in " ".join(result.stdout.split())
+    plan = run_spotray(
+        ["plan", "--instance-type", "p3.8xlarge", "--count", "8", "--hours", "24"],
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
+    assert plan.returncode == 1 and "give --spot-price to plan offline" in plan.stderr
+    offline = run_spotray(
+        ["plan", "--instance-type", "p3.8xlarge", "--count", "8", "--hours", "24", "--spot-price", "0.92"],
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
+    assert offline.returncode == 0 and "$176.64" in offline.stdout
