@@ -7,13 +7,16 @@ does, on free ports and in a Ray temp folder of its own, after filling in the pr
 `gcs_address`. Each fake node is a real raylet that the autoscaler starts and stops.
 
 `down_local` cannot use `ray stop`: it kills every Ray process on the machine by name,
-other people's clusters and test clusters included. The cluster's own daemons name its temp
-folder on their command lines; they and everything they started (fake raylets, workers, job
-drivers) are this cluster's, and only they are stopped: SIGTERM, then SIGKILL after a grace.
+other people's clusters and test clusters included. `up_local` records the daemons that
+`ray start` left running (their PID and start time: a PID reused later is not theirs);
+they and everything they started since (fake raylets, workers, job drivers) are this
+cluster's, and only they are stopped: SIGTERM, then SIGKILL after a grace. A `tail -f` on
+the cluster's logs, or a process elsewhere that happens to use the same port, is not.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -43,6 +46,7 @@ class LocalCluster:
     temp_dir: str
     config: str  # the autoscaling config the head runs, gcs_address filled in
     started: float
+    daemons: list[tuple[int, float]]  # (pid, create_time) of what `ray start` left running
 
 
 def state_dir(name: str) -> Path:
@@ -134,7 +138,9 @@ def up_local(config_path: Path, autoscaler_v2: bool = False) -> LocalCluster:
     filled.write_text(yaml.safe_dump(config, sort_keys=False))
     (folder / "spot_ceilings.json").unlink(missing_ok=True)  # from an earlier cluster of this name
     # Short: Ray's Unix socket paths under it must stay within 107 characters.
-    temp_dir = Path(tempfile.gettempdir()) / f"spotray-{os.getuid()}" / name
+    # Keyed by SPOTRAY_HOME too: two homes with a cluster of one name never share it.
+    home_key = hashlib.sha256(str(spotray_home().resolve()).encode()).hexdigest()[:8]
+    temp_dir = Path(tempfile.gettempdir()) / f"spotray-{os.getuid()}" / f"{name}-{home_key}"
     temp_dir.mkdir(parents=True, exist_ok=True)
     ray = Path(sys.executable).with_name("ray")
     cmd = [
@@ -160,7 +166,7 @@ def up_local(config_path: Path, autoscaler_v2: bool = False) -> LocalCluster:
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
-        down_processes(str(temp_dir), gcs_address)
+        down_processes([(p.pid, p.create_time()) for p in find_daemons(str(temp_dir), gcs_address)])
         raise SpotrayError(f"ray start failed: {lines[-1] if lines else done.returncode}")
     cluster = LocalCluster(
         name=name,
@@ -170,6 +176,7 @@ def up_local(config_path: Path, autoscaler_v2: bool = False) -> LocalCluster:
         temp_dir=str(temp_dir),
         config=str(filled),
         started=time.time(),
+        daemons=[(p.pid, p.create_time()) for p in find_daemons(str(temp_dir), gcs_address)],
     )
     (folder / "state.json").write_text(json.dumps(asdict(cluster), indent=2))
     return cluster
@@ -201,19 +208,31 @@ def set_spot_capacity(cluster: LocalCluster, nodes: int) -> list[str]:
     return sorted(spot)
 
 
-def cluster_processes(temp_dir: str, gcs_address: str) -> list[Any]:
-    """The cluster's daemons and all they started. A daemon names the cluster's temp folder
-    on its command line, or (Ray's client server) the GCS address as `--address=`."""
+def find_daemons(temp_dir: str, gcs_address: str) -> list[Any]:
+    """Ray processes of the cluster that `ray start` just started: the daemons name its temp
+    folder as an argument, or (Ray's client server) its GCS address as `--address=`."""
     import psutil
 
-    port = ":" + gcs_address.rsplit(":", 1)[1]
-
     def names_it(part: str) -> bool:  # not a longer folder or port that starts the same
-        if part.startswith(("--address=", "--gcs-address=", "--gcs_address=")) and part.endswith(port):
-            return True
+        if part.startswith(("--address=", "--gcs-address=", "--gcs_address=")):
+            return part.split("=", 1)[1] == gcs_address
         return part == temp_dir or part.endswith("=" + temp_dir) or temp_dir + os.sep in part
 
-    roots = [p for p in psutil.process_iter(["cmdline"]) if any(map(names_it, p.info["cmdline"] or []))]
+    return [p for p in psutil.process_iter(["cmdline"]) if any(map(names_it, p.info["cmdline"] or []))]
+
+
+def cluster_processes(daemons: list[tuple[int, float]]) -> list[Any]:
+    """The recorded daemons still running (same PID and start time) and all they started."""
+    import psutil
+
+    roots = []
+    for pid, created in daemons:
+        try:
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - created) < 0.01:
+                roots.append(proc)
+        except psutil.NoSuchProcess:
+            continue
     found = {p.pid: p for p in roots}
     for proc in roots:
         try:
@@ -224,11 +243,11 @@ def cluster_processes(temp_dir: str, gcs_address: str) -> list[Any]:
     return list(found.values())
 
 
-def down_processes(temp_dir: str, gcs_address: str) -> int:
+def down_processes(daemons: list[tuple[int, float]]) -> int:
     """Stop the cluster's processes: SIGTERM, then SIGKILL what is left. Returns how many."""
     import psutil
 
-    procs = cluster_processes(temp_dir, gcs_address)
+    procs = cluster_processes(daemons)
     for proc in procs:
         try:
             proc.terminate()
@@ -246,7 +265,7 @@ def down_processes(temp_dir: str, gcs_address: str) -> int:
 
 def down_local(cluster: LocalCluster) -> int:
     """Stop every process of the local cluster and forget it. Returns how many were stopped."""
-    stopped = down_processes(cluster.temp_dir, cluster.gcs_address)
+    stopped = down_processes(cluster.daemons)
     for leftover in ("state.json", "spot_ceilings.json"):
         (state_dir(cluster.name) / leftover).unlink(missing_ok=True)
     return stopped

@@ -55,9 +55,7 @@ def local_cluster(tmp_path: Path) -> Iterator[tuple[Path, LocalCluster]]:
     try:
         yield path, cluster
     finally:
-        down_processes(
-            cluster.temp_dir, cluster.gcs_address
-        )  # whatever the test left, it stops only this cluster
+        down_processes(cluster.daemons)  # whatever the test left, it stops only this cluster
 
 
 def status(tmp_path: Path, path: Path) -> dict[str, Any]:
@@ -124,7 +122,7 @@ def test_local_cluster_scales_falls_back_to_on_demand_and_goes_down_clean(
         assert during["usd_per_hour"] == pytest.approx(
             sum(n["usd_per_hour"] for n in during["nodes"]), abs=1e-3
         )
-        ours = cluster_processes(cluster.temp_dir, cluster.gcs_address)
+        ours = cluster_processes(cluster.daemons)
         assert len(ours) > 10  # gcs, raylets, agents, workers, the job's driver...
 
         # The same as a person reads it.
@@ -177,10 +175,17 @@ def test_local_cluster_scales_falls_back_to_on_demand_and_goes_down_clean(
     idle = wait_for("idle fake nodes to be removed", head_alone, timeout=120, every=3)
     assert idle["ended_nodes"] == {"scaled in": 4}
 
-    down = run_spotray(["down", "--local", str(path)], cwd=tmp_path, timeout=120)
-    assert down.returncode == 0, down.stderr
-    assert not [p for p in ours if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not cluster_processes(cluster.temp_dir, cluster.gcs_address)
+    # A user reading the cluster's log is not the cluster: `down` leaves it alone.
+    log = next(Path(cluster.temp_dir).glob("session_*/logs/monitor.out"))
+    reader = subprocess.Popen(["tail", "-f", str(log)], stdout=subprocess.DEVNULL)
+    try:
+        down = run_spotray(["down", "--local", str(path)], cwd=tmp_path, timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert not [p for p in ours if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not cluster_processes(cluster.daemons)
+        assert reader.poll() is None, "down stopped a tail -f of the cluster's log"
+    finally:
+        reader.kill()
 
     # The ledger kept what Ray's node table said: the head, the two on-demand p3.8xlarge
     # that ran the job while spot was dry (billed on demand), and the two spot nodes.
