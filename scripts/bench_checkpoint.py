@@ -7,7 +7,7 @@ One process, CPU, no Ray: the quantity is what the training thread waits for.
 - sync: `torch.save` of model + optimizer + scheduler into a staging folder, then the copy to
   storage that `ray.train.report(checkpoint_upload_mode=SYNC)` makes (pyarrow copy_files),
   both on the training thread, as in Ray Train's examples.
-- async: spotray's `train.loop._start_checkpoint` (copy to CPU memory on the training thread,
+- async: spotray's `spotray.runtime.loop._start_checkpoint` (copy to CPU memory on the training thread,
   write in a background thread; Ray's ASYNC upload follows in its own thread).
 Each round trains a few steps, checkpoints once each way, and records the stall and the
 step time while the background write runs. Prints medians, and a Markdown row with --markdown.
@@ -26,12 +26,13 @@ import pyarrow.fs as pafs
 import torch
 
 from spotray import checkpoint as ckpt
-from spotray.config import parse_config
-from train.batches import BatchOrder
-from train.data import BUILTIN_PYDOC, load_tokens
-from train.loop import Progress, _start_checkpoint, lr_factor, make_optimizer
-from train.model import GPT
-from train.presets import GPTConfig
+from spotray.config import BUILTIN_GPT, parse_config
+from spotray.runtime import messages as msg
+from spotray.runtime.loop import Trainee, _start_checkpoint
+from spotray.runtime.optim import default_optimizer, schedule
+from spotray.runtime.order import GlobalOrder, micro_batches
+from spotray.runtime.resume import Progress
+from spotray.workload import load
 
 
 def main() -> None:
@@ -44,15 +45,14 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    cfg = parse_config(
-        {"name": "bench", "model": {"preset": "gpt2", "n_layer": args.n_layer, "block_size": 64}}
-    )
-    gpt = GPTConfig(n_layer=args.n_layer, n_head=12, n_embd=768, block_size=64, vocab_size=256)
-    model = GPT(gpt)
-    optimizer = make_optimizer(model, cfg.optimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.optimizer, s))
-    order = BatchOrder(load_tokens(BUILTIN_PYDOC).ids, gpt.block_size, global_batch=4, seed=0)
-    params = model.num_params()
+    workload_args = {"preset": "gpt2", "n_layer": args.n_layer, "block_size": 64}
+    cfg = parse_config({"name": "bench", "workload": {"entrypoint": BUILTIN_GPT, "args": workload_args}})
+    workload = load(BUILTIN_GPT, workload_args)
+    model = workload.build_model()
+    optimizer = default_optimizer(model, cfg.optimizer)
+    scheduler = schedule(optimizer, cfg.optimizer)
+    order = GlobalOrder(workload.num_samples(), global_batch=4, seed=0)
+    params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e6:.1f}M parameters, {torch.get_num_threads()} torch threads")
 
     step = 0
@@ -61,9 +61,8 @@ def main() -> None:
         nonlocal step
         step += 1
         t0 = time.perf_counter()
-        for x, y in order.micro_batches(step, 0, 1, 4):
-            _, loss = model(x, y)
-            loss.backward()
+        for _, part in micro_batches(order, step, 0, 1, 4, workload.sample, workload.collate):
+            workload.loss(model, part).backward()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -99,7 +98,9 @@ def main() -> None:
             # Asynchronous: spotray's path; the upload would follow in Ray's thread.
             writer = ckpt.CheckpointWriter(Path(tmp) / f"async-{r}", rank=0)
             progress = Progress(step=step, samples=step * 4, elapsed_s=0.0, loss=0.0)
-            async_stalls.append(_start_checkpoint(writer, model, optimizer, scheduler, progress, cfg, 1, 0))
+            report = msg.CheckpointReport(step, 0.0, step * 4, 0.0, 1, 0, 0.0)
+            trainee = Trainee(model, optimizer, scheduler, workload)
+            async_stalls.append(_start_checkpoint(writer, trainee, progress, cfg, 1, 0, report, {}))
             while writer.pending is not None and not writer.pending.done():
                 busy_steps.append(train_step())
             writer.wait()

@@ -4,7 +4,7 @@
     python scripts/make_token_shards.py builtin:pydoc s3://my-bucket/datasets/pydoc/ --shard-tokens 100000
 
 The shards (`shard-00000.parquet`, ...) have one int32 `tokens` column and declare their
-vocabulary (256) in the schema metadata; point `data.source` of a job config at the folder.
+vocabulary (256) in the schema metadata; point `workload.args.source` of a GPT job config at the folder.
 S3 endpoints and credentials are read as for training (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL).
 """
 

@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 
@@ -39,6 +39,7 @@ from spotray import checkpoint
 from spotray.imds import IMDSClient
 from spotray.imds_server import FakeIMDS
 from spotray.recovery import FAST_HEALTH_CHECK
+from spotray.runtime import messages as msg
 from spotray.watch import NoticePolicy, RayNode, Watcher, request_checkpoint
 
 SPOT_RESOURCE = "spot_node"
@@ -209,6 +210,9 @@ class EventReport:
         return max(0, self.step_at_kill - self.resumed_step)
 
 
+E = TypeVar("E", bound=msg.Event)
+
+
 class RunEnded(RuntimeError):
     """The training run ended while the schedule waited for something."""
 
@@ -219,20 +223,20 @@ class Timeline:
     def __init__(self, hub: Any, alive: Any = lambda: True) -> None:
         self.hub = hub
         self.alive = alive  # whether the run is still going: waiting on a dead run fails fast
-        self.events: list[dict[str, Any]] = []
+        self.events: list[msg.Event] = []
         self.steps: list[tuple[float, int]] = []  # (time, step) of every step event seen
 
     def refresh(self) -> None:
         latest, events = ray.get(self.hub.poll.remote(len(self.events)))
         self.events.extend(events)
-        if latest is not None and (not self.steps or self.steps[-1] != (latest["time"], latest["step"])):
-            self.steps.append((latest["time"], latest["step"]))
+        if latest is not None and (not self.steps or self.steps[-1] != (latest.time, latest.step)):
+            self.steps.append((latest.time, latest.step))
 
     def step(self) -> int:
         return self.steps[-1][1] if self.steps else 0
 
-    def last(self, kind: str, before: float = float("inf"), after: float = 0.0) -> dict[str, Any] | None:
-        found = [e for e in self.events if e["kind"] == kind and after <= e["time"] < before]
+    def last(self, kind: type[E], before: float = float("inf"), after: float = 0.0) -> E | None:
+        found = [e for e in self.events if isinstance(e, kind) and after <= e.time < before]
         return found[-1] if found else None
 
     def wait(self, predicate: Any, timeout_s: float, what: str) -> None:
@@ -270,14 +274,15 @@ def run_schedule(
             timeline.wait(lambda e=event: timeline.step() >= e.at_step, timeout_s, f"step {event.at_step}")
         if event.add:
             timeline.refresh()
-            size = 0 if waiting else timeline.last("start")["world_size"]
+            last_start = timeline.last(msg.Started)
+            size = 0 if waiting or last_start is None else last_start.world_size
             added_at = time.time()
             report.nodes = [cluster.add_node().node_id for _ in range(event.nodes)]
             # A waiting job starts on them; a running one grows once the policy sees them, if
             # growing pays (spotray.growth).
             try:
                 start = _follow_restart(
-                    timeline, report, added_at, timeout_s, lambda e, size=size: e["world_size"] > size
+                    timeline, report, added_at, timeout_s, lambda e, size=size: e.world_size > size
                 )
             except RunEnded:
                 if waiting is not None:
@@ -286,7 +291,7 @@ def run_schedule(
                 reports.append(report)
                 continue
             if waiting is None:  # the steps trained past the grown group's checkpoint are redone
-                report.step_at_kill = max((s for t, s in timeline.steps if t < start["time"]), default=None)
+                report.step_at_kill = max((s for t, s in timeline.steps if t < start.time), default=None)
             else:
                 waiting.resumed_step, waiting.workers_after = report.resumed_step, report.workers_after
                 waiting.kill_to_resume_s = report.kill_to_resume_s + (added_at - waiting.kill_time)
@@ -315,14 +320,14 @@ def run_schedule(
         report.kill_time = kill_time
         report.notice_served = served if event.announced else None
         report.step_at_kill = timeline.step()
-        notice = timeline.last("notice", before=kill_time, after=served)
-        report.step_at_notice = notice["step"] if notice else None
-        report.writing_at_notice = notice["writing"] if notice else None
+        notice = timeline.last(msg.Noticed, before=kill_time, after=served)
+        report.step_at_notice = notice.step if notice else None
+        report.writing_at_notice = notice.writing if notice else None
         newest = checkpoint.latest(run)  # what storage holds at the moment of the kill
         report.checkpoint_before_kill = newest.step if newest else None
         if notice is not None:  # the checkpoint the loop took because of the notice
-            saved = [e for e in timeline.events if e["kind"] == "checkpoint" and e["time"] >= notice["time"]]
-            report.notice_to_checkpoint_s = saved[0]["time"] - served if saved else None
+            saved = [e for e in timeline.events if isinstance(e, msg.Checkpointed) and e.time >= notice.time]
+            report.notice_to_checkpoint_s = saved[0].time - served if saved else None
         for victim in victims:
             cluster.kill(victim)
         if replace and not drained:
@@ -340,23 +345,23 @@ def run_schedule(
 
 def _follow_restart(
     timeline: Timeline, report: EventReport, since: float, timeout_s: float, wanted: Any
-) -> dict[str, Any]:
+) -> msg.Started:
     """Wait for the worker group that starts after `since` (and that `wanted` accepts) to train
     its first step; record where it resumed, its size and how long it took. Returns its
     start event."""
     timeline.wait(
-        lambda: any(e["kind"] == "start" and e["time"] >= since and wanted(e) for e in timeline.events),
+        lambda: any(isinstance(e, msg.Started) and e.time >= since and wanted(e) for e in timeline.events),
         timeout_s,
         "a new worker group",
     )
-    start = next(e for e in timeline.events if e["kind"] == "start" and e["time"] >= since and wanted(e))
-    report.resumed_step, report.workers_after = start["step"], start["world_size"]
+    start = next(e for e in timeline.events if isinstance(e, msg.Started) and e.time >= since and wanted(e))
+    report.resumed_step, report.workers_after = start.step, start.world_size
     timeline.wait(
-        lambda: any(t >= start["time"] and step > start["step"] for t, step in timeline.steps),
+        lambda: any(t >= start.time and step > start.step for t, step in timeline.steps),
         timeout_s,
         "the new group's first step",
     )
-    first = next(t for t, step in timeline.steps if t >= start["time"] and step > start["step"])
+    first = next(t for t, step in timeline.steps if t >= start.time and step > start.step)
     report.kill_to_resume_s = first - since
     return start
 
@@ -470,7 +475,7 @@ def run_chaos(
             # For timelines: every step's (time, step), and what the hub heard (starts,
             # checkpoints with their stall, notices).
             "steps": steps,
-            "hub_events": timeline.events,
+            "hub_events": [e.as_json() for e in timeline.events],
         }
         Path(report_path).write_text(json.dumps(body, indent=2))
     console.print(

@@ -4,11 +4,14 @@ A checkpoint is a folder `checkpoint_<step>` in the run's storage, written throu
 `ray.train.report(..., checkpoint_upload_mode=ASYNC)`, so Ray Train's storage layer (local
 or S3 via pyarrow) moves it. Inside:
 
-- `state.pt` (rank 0): model, optimizer, LR scheduler, counters, model shape.
+- `state.pt` (rank 0): model, optimizer, LR scheduler, counters, the workload's own state.
 - `rng-rank<r>.pt` (every rank): Python, NumPy, torch (and CUDA) RNG states.
 - `manifest-rank<r>.json` (every rank): `{file: size}` for what that rank wrote.
-- `spotray.json` (rank 0): step, samples, world size, loss, times, model shape, config;
-  readable without torch.
+- `spotray.json` (rank 0): step, samples, world size, loss, evaluation, times, the model's
+  tensor shapes, config; readable without torch.
+
+Files hold tensors and plain values only and load with `weights_only=True`: a checkpoint
+is data, and whoever can write the bucket must not be able to run code at the next resume.
 
 A checkpoint counts only when `spotray.json` and every rank's manifest are present and every
 file listed has its listed size: a node killed in the middle of a write or upload leaves a
@@ -45,7 +48,7 @@ from spotray.storage import Location
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: any workload; tensors and plain values only (loaded weights_only)
 META_FILE = "spotray.json"
 STATE_FILE = "state.pt"
 DIR_PATTERN = re.compile(r"^checkpoint_(\d+)$")
@@ -106,9 +109,10 @@ class SnapshotBuffers:
 
 
 def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -118,7 +122,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -138,6 +143,7 @@ class PendingCheckpoint:
     stall_s: float
     metrics: dict[str, Any]
     thread: threading.Thread
+    evaluation: dict[str, float] = field(default_factory=dict)
     write_s: float = 0.0
     error: BaseException | None = None
 
@@ -166,6 +172,7 @@ class CheckpointWriter:
         meta: dict[str, Any] | None,
         stall_s: float,
         metrics: dict[str, Any],
+        evaluation: dict[str, float] | None = None,
     ) -> None:
         """Begin writing `files` ({name: object to torch.save}) for checkpoint `step`.
 
@@ -173,7 +180,9 @@ class CheckpointWriter:
         """
         assert self.pending is None, "one checkpoint at a time"
         folder = self.staging / dir_name(step)
-        pending = PendingCheckpoint(step, folder, stall_s, metrics, thread=threading.Thread())
+        pending = PendingCheckpoint(
+            step, folder, stall_s, metrics, thread=threading.Thread(), evaluation=dict(evaluation or {})
+        )
 
         def write() -> None:
             t0 = time.perf_counter()
@@ -281,7 +290,7 @@ def load_file(checkpoint: Location, name: str, map_location: str | torch.device 
     """torch.load one file of a checkpoint, from any filesystem."""
     with checkpoint.fs.open_input_file(f"{checkpoint.path}/{name}") as f:
         buffer = io.BytesIO(f.read())
-    return torch.load(buffer, map_location=map_location, weights_only=False)
+    return torch.load(buffer, map_location=map_location, weights_only=True)
 
 
 def delete(location: Location) -> None:

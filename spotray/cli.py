@@ -99,7 +99,12 @@ def train(
         bool, typer.Option("--fresh", help="Delete this run's checkpoints and start from step 0.")
     ] = False,
 ) -> None:
-    """Train the GPT of CONFIG with Ray Train, resuming from the run's newest checkpoint.
+    """Train CONFIG's workload with Ray Train, resuming from the run's newest checkpoint.
+
+    The workload (`workload.entrypoint: pkg.module:Class`, a spotray.Workload) is imported
+    from the current directory and checked on the CPU (one loss on two samples) before Ray
+    starts. Exit codes: 2 for a problem in the config or the workload, 1 otherwise, 130 on
+    Ctrl-C.
 
     [b]Examples:[/b]
 
@@ -332,9 +337,11 @@ def print_summary(summary: object) -> None:
     ]
     for key, value in rows:
         console.print(f"  {key:<13}{value}", highlight=False)
-    if summary.sample:
-        console.print("\n[bold]sample[/] (the model continues 'The '):")
-        console.print(summary.sample, markup=False, highlight=False)
+    for key, value in summary.evaluation.items():
+        console.print(f"  {key:<13}{value:.4g}", highlight=False)
+    if summary.preview:
+        console.print("\n[bold]preview[/]", end=" ")
+        console.print(summary.preview, markup=False, highlight=False)
 
 
 ClusterYaml = Annotated[

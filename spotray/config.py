@@ -2,7 +2,7 @@
 
 Every section forbids unknown keys, every field says what it is for, and a bad file ends
 in one line that names the field path and the reason (`ConfigError`). The parts that fix
-the training trajectory (model, data, optimizer, seed) are kept apart from the parts that
+the training trajectory (workload, optimizer, runtime, seed) are kept apart from the parts that
 only say where and how it runs (scaling, checkpoint, failure, spot), so a run may resume
 on another world size or storage but is warned when its trajectory changed.
 """
@@ -20,81 +20,38 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from spotray.errors import ConfigError
 from spotray.growth import PAYBACK_RESTARTS
-from train.data import BUILTIN_PYDOC, BYTE_VOCAB, is_parquet_source
-from train.presets import PRESETS, GPTConfig
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class ModelSection(Section):
-    """The GPT's shape: a preset, optionally with single dimensions changed."""
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
+BUILTIN_GPT = "train.gpt:GPTWorkload"
 
-    preset: Literal["tiny", "small", "gpt2", "gpt2-medium", "gpt2-large"] = Field(
-        "tiny", description="tiny trains in minutes on 2 CPU cores; gpt2* are for GPUs"
+
+class WorkloadSection(Section):
+    """What is trained: a `spotray.Workload` subclass and its constructor's arguments."""
+
+    entrypoint: str = Field(
+        ...,
+        pattern=ENTRYPOINT_PATTERN,
+        description=f"module:Class of a spotray.Workload, importable from the directory spotray runs in "
+        f"(the built-in GPT: {BUILTIN_GPT})",
     )
-    n_layer: int | None = Field(None, gt=0, description="transformer blocks (default: preset)")
-    n_head: int | None = Field(None, gt=0, description="attention heads (default: preset)")
-    n_embd: int | None = Field(None, gt=0, description="embedding width (default: preset)")
-    block_size: int | None = Field(None, gt=1, description="context length (default: preset)")
-    vocab_size: int | None = Field(
-        None, gt=1, description="default: 256 for text, shard metadata for Parquet"
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the workload's constructor"
     )
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability")
+
+
+class RuntimeSection(Section):
+    """How spotray runs every step, whatever the workload."""
+
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on GPUs that support it, fp32 on CPU"
     )
-
-    @model_validator(mode="after")
-    def _heads_divide_width(self) -> ModelSection:
-        _, head, embd, _ = PRESETS[self.preset]
-        head, embd = self.n_head or head, self.n_embd or embd
-        if embd % head:
-            raise ValueError(f"n_embd ({embd}) must be divisible by n_head ({head})")
-        return self
-
-    def gpt_config(self, data_vocab: int) -> GPTConfig:
-        layer, head, embd, block = PRESETS[self.preset]
-        return GPTConfig(
-            n_layer=self.n_layer or layer,
-            n_head=self.n_head or head,
-            n_embd=self.n_embd or embd,
-            block_size=self.block_size or block,
-            vocab_size=self.vocab_size or data_vocab,
-            dropout=self.dropout,
-        )
-
-
-class DataSection(Section):
-    """Where the tokens come from."""
-
-    source: str = Field(
-        BUILTIN_PYDOC,
-        description=(
-            "builtin:pydoc (Python's own docs, no download), a text file (byte-level), or "
-            "Parquet token shards: a .parquet file or a folder of them, local or s3://"
-        ),
-    )
-
-    @field_validator("source")
-    @classmethod
-    def _exists(cls, v: str) -> str:
-        if v == BUILTIN_PYDOC or v.startswith("s3://"):
-            return v
-        if v.startswith("builtin:"):
-            raise ValueError(f"unknown builtin source {v!r}; the builtin source is {BUILTIN_PYDOC}")
-        if "://" in v:
-            raise ValueError(f"unsupported URI scheme in {v!r}: use a local path or s3://")
-        if not Path(v).exists():
-            raise ValueError(f"no such file or folder: {v}")
-        return str(Path(v).resolve()) + ("/" if Path(v).is_dir() else "")
-
-    @property
-    def is_parquet(self) -> bool:
-        return is_parquet_source(self.source)
 
 
 class OptimizerSection(Section):
@@ -244,13 +201,13 @@ class SpotSection(Section):
 
 
 class JobConfig(Section):
-    """A training job: what it trains (model, data, optimizer, seed) and how it runs."""
+    """A training job: what it trains (workload, optimizer, seed, runtime) and how it runs."""
 
     name: str = Field(..., pattern=NAME_PATTERN, description="run name; its checkpoints' folder")
     seed: int = Field(1337, ge=0, description="fixes the initial weights and the data order")
-    model: ModelSection = Field(default_factory=ModelSection)
-    data: DataSection = Field(default_factory=DataSection)
+    workload: WorkloadSection
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     scaling: ScalingSection = Field(default_factory=ScalingSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     failure: FailureSection = Field(default_factory=FailureSection)
@@ -264,13 +221,11 @@ class JobConfig(Section):
                 f"optimizer.global_batch_size ({self.optimizer.global_batch_size}) is smaller "
                 f"than scaling.max_workers ({self.scaling.max_workers}): some workers would idle"
             )
-        if not self.data.is_parquet and self.model.vocab_size not in (None, BYTE_VOCAB):
-            raise ValueError(f"model.vocab_size must be {BYTE_VOCAB} for byte-level text")
         return self
 
     def trajectory(self) -> dict[str, Any]:
         """The settings that fix the sequence of parameters, whatever the world size."""
-        return self.model_dump(include={"seed", "model", "data", "optimizer"}, mode="json")
+        return self.model_dump(include={"seed", "workload", "optimizer", "runtime"}, mode="json")
 
     def digest(self) -> str:
         blob = json.dumps(self.trajectory(), sort_keys=True).encode()
@@ -297,6 +252,13 @@ def parse_config(data: Any, source: str = "config") -> JobConfig:
     """Validate a parsed YAML document; `ConfigError` names the field and the reason."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of settings at the top level")
+    old = [key for key in ("model", "data") if key in data]
+    if old:
+        raise ConfigError(
+            f"{source}: {' and '.join(old)} moved into the workload: their keys (preset, n_layer, ..., "
+            f"source) go under workload.args with workload.entrypoint: {BUILTIN_GPT}, and precision "
+            "is runtime.precision (docs/workloads.md)"
+        )
     try:
         return JobConfig.model_validate(data)
     except ValidationError as err:

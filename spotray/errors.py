@@ -17,3 +17,15 @@ class CheckpointMismatchError(SpotrayError):
     """The run's checkpoints were written for another model shape than the config's."""
 
     exit_code = 2
+
+
+class WorkloadError(SpotrayError):
+    """The workload the config names cannot be imported, built or run."""
+
+    exit_code = 2
+
+
+class TrainingStopped(SpotrayError):
+    """The run stopped on its own: a step's loss or gradient norm was not finite."""
+
+    exit_code = 1

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spotray.runtime.messages import CheckpointReport
+
 PAYBACK_RESTARTS = 2.0  # the default of scaling.grow_payback_restarts
 
 
@@ -30,7 +32,7 @@ def saved_s(steps_left: float, step_s: float, workers: int, new_workers: int) ->
 
 @dataclass(frozen=True)
 class Pace:
-    """What the training loop reports with each checkpoint, for the rule (train.loop)."""
+    """The training's pace, from what the loop reports with each checkpoint."""
 
     step_s: float  # seconds per step lately, on `world_size` workers
     world_size: int
@@ -39,17 +41,8 @@ class Pace:
     at: float  # monotonic time of the report, in the process that received it
 
     @classmethod
-    def from_metrics(cls, metrics: dict, at: float) -> Pace | None:
-        try:
-            return cls(
-                float(metrics["step_s"]),
-                int(metrics["world_size"]),
-                int(metrics["steps_left"]),
-                float(metrics["restart_s"]),
-                at,
-            )
-        except (KeyError, TypeError, ValueError):  # a report without it (a registration)
-            return None
+    def from_report(cls, report: CheckpointReport, at: float) -> Pace:
+        return cls(report.step_s, report.world_size, report.steps_left, report.restart_s, at)
 
     def steps_left_at(self, now: float, workers: int) -> float:
         """The steps left at `now`, going on at this pace on `workers` workers since."""

@@ -1,8 +1,10 @@
 """`spotray train --address`: the same run, submitted to a cluster as a Ray Job.
 
-The config is validated here and travels in the job's environment as JSON; the code
-travels as `py_modules` (this checkout's `spotray` and `train`), so the cluster runs what
-you have even when its image carries an older spotray. The job's driver is
+The config is validated here, and the workload imported (not built: the cluster may have
+what this machine lacks); the config travels in the job's environment as JSON, the code as
+`py_modules` (this checkout's `spotray` and `train`, and the user's workload package when it
+lives in the current directory; a single-file module goes as the job's `working_dir`), so
+the cluster runs what you have even when its image carries an older spotray. The job's driver is
 `python -m spotray.job`, which calls the same `spotray.trainer.train` as a local run and
 prints plain progress lines that stream back here.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,21 @@ def for_cluster(cfg: JobConfig, url: str, console: Console) -> JobConfig:
     return cfg.model_copy(update={"checkpoint": cfg.checkpoint.model_copy(update={"storage_path": storage})})
 
 
+def workload_code(entrypoint: str, here: Path) -> dict[str, Any]:
+    """The runtime_env entries that carry the workload's code to the cluster.
+
+    Its top-level package or module, when it lives in `here` (where `spotray train` runs);
+    nothing when it is installed (on the node image, or spotray's own `train`)."""
+    top = entrypoint.partition(":")[0].split(".")[0]
+    if (here / top).is_dir():
+        return {"py_modules": [str((here / top).resolve())]}
+    if (here / f"{top}.py").is_file():
+        folder = Path(tempfile.mkdtemp(prefix="spotray-workload-"))
+        shutil.copy2(here / f"{top}.py", folder)
+        return {"working_dir": str(folder)}
+    return {}
+
+
 def use_token_auth_if_available() -> None:
     """Send this machine's Ray token, as `ray job submit` does with RAY_AUTH_MODE=token.
 
@@ -74,6 +93,9 @@ def submit(cfg: JobConfig, address: str, steps: int | None, fresh: bool, console
     use_token_auth_if_available()
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    from spotray.workload import check_args, resolve_class
+
+    check_args(resolve_class(cfg.workload.entrypoint), cfg.workload.entrypoint, cfg.workload.args)
     url = dashboard_url(address)
     cfg = for_cluster(cfg, url, console)
     try:
@@ -83,11 +105,13 @@ def submit(cfg: JobConfig, address: str, steps: int | None, fresh: bool, console
     env = {CONFIG_ENV: cfg.model_dump_json(), FRESH_ENV: "1" if fresh else "0"}
     if steps:
         env[STOP_STEP_ENV] = str(steps)
+    code = workload_code(cfg.workload.entrypoint, Path.cwd())
+    modules = [str(p) for p in PACKAGES] + code.pop("py_modules", [])
     job_id = _submit(
         client,
         entrypoint="python -m spotray.job",
         submission_id=f"spotray-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        runtime_env={"py_modules": [str(p) for p in PACKAGES], "env_vars": env},
+        runtime_env={"py_modules": modules, "env_vars": env, **code},
         metadata={"spotray_run": cfg.name},
     )
     console.print(f"submitted Ray Job [bold]{job_id}[/] to {url}; streaming its logs (Ctrl-C detaches)")

@@ -18,11 +18,11 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from spotray.cost.live import PricedCluster, price_cluster, read_ray_nodes
 from spotray.cost.prices import PriceSeries, load_on_demand
 from spotray.progress import RunState
+from spotray.runtime import messages as msg
 from spotray.watch import KV_NAMESPACE
 
 logger = logging.getLogger("spotray.metrics")
@@ -97,7 +97,7 @@ class RunMetrics:
         self.run_usd = 0.0
         self._priced_at = 0.0
 
-    def __call__(self, latest: dict[str, Any] | None, events: list[dict[str, Any]]) -> None:
+    def __call__(self, latest: msg.Stepped | None, events: list[msg.Event]) -> None:
         try:
             self._update(time.time())
         except Exception as err:  # the dashboard is never worth a run
@@ -119,14 +119,14 @@ class RunMetrics:
             self._priced_at = now
             self._set("spotray_cluster_usd_per_hour", self.priced.usd_per_hour)
             self._set("spotray_cluster_usd", self.priced.bill.cost)
-        ckpt = s.last_checkpoint or {}
+        ckpt = s.last_checkpoint
         for name, value in (
             ("spotray_workers", s.world_size),
             ("spotray_step", s.step),
             ("spotray_steps_lost", s.steps_lost),
             ("spotray_restarts", s.restarts),
-            ("spotray_checkpoint_stall_seconds", ckpt.get("stall_s", 0.0)),
-            ("spotray_checkpoint_write_seconds", ckpt.get("write_s", 0.0)),
+            ("spotray_checkpoint_stall_seconds", ckpt.stall_s if ckpt else 0.0),
+            ("spotray_checkpoint_write_seconds", ckpt.write_s if ckpt else 0.0),
             ("spotray_goodput", s.goodput(now)),
             ("spotray_run_usd", self.run_usd),
         ):
@@ -139,7 +139,7 @@ class RunMetrics:
 
     def _publish(self, now: float, finished: bool = False) -> None:
         s = self.state
-        ckpt = s.last_checkpoint or {}
+        ckpt = s.last_checkpoint
         snapshot = RunSnapshot(
             run=self.run,
             cluster=self.cluster,
@@ -152,8 +152,8 @@ class RunMetrics:
             steps_lost=s.steps_lost,
             goodput=round(s.goodput(now), 4),
             run_usd=round(self.run_usd, 4),
-            last_checkpoint_step=ckpt.get("step"),
-            last_checkpoint_path=ckpt.get("path"),
+            last_checkpoint_step=ckpt.step if ckpt else None,
+            last_checkpoint_path=ckpt.path if ckpt else None,
             started=s.started_at,
             updated=now,
             finished=finished,

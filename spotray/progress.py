@@ -17,23 +17,26 @@ import ray
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from spotray.runtime import messages as msg
+
 
 @ray.remote(num_cpus=0)
 class ProgressHub:
-    """Collects what rank 0 says: `step`, `start` and `checkpoint` events."""
+    """Collects what rank 0 says (spotray.runtime.messages): the newest `Stepped`, and every
+    other event in order."""
 
     def __init__(self, keep_steps: bool = False) -> None:
-        self.latest_step: dict[str, Any] | None = None
-        self.events: list[dict[str, Any]] = []
+        self.latest_step: msg.Stepped | None = None
+        self.events: list[msg.Event] = []
         # (time, step) of every step event, for timelines (`spotray chaos`); off for long runs.
         self.step_log: list[tuple[float, int]] | None = [] if keep_steps else None
 
-    def push(self, event: dict[str, Any]) -> None:
-        event["time"] = time.time()
-        if event["kind"] == "step":
+    def push(self, event: msg.Event) -> None:
+        event.time = time.time()
+        if isinstance(event, msg.Stepped):
             self.latest_step = event
             if self.step_log is not None:
-                self.step_log.append((event["time"], event["step"]))
+                self.step_log.append((event.time, event.step))
         else:
             self.events.append(event)
 
@@ -41,16 +44,16 @@ class ProgressHub:
         """Every step event's (time, step), when the hub keeps them."""
         return list(self.step_log or [])
 
-    def poll(self, since: int) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    def poll(self, since: int) -> tuple[msg.Stepped | None, list[msg.Event]]:
         """The newest step event and the other events from index `since` on."""
         return self.latest_step, self.events[since:]
 
     def failure_record(self) -> tuple[int, float]:
         """(restarts so far, node-seconds exposed so far), asked by a starting worker group."""
-        starts = [e for e in self.events if e["kind"] == "start"]
+        starts = [e for e in self.events if isinstance(e, msg.Started)]
         now = time.time()
         exposure = sum(
-            e["nodes"] * ((starts[i + 1]["time"] if i + 1 < len(starts) else now) - e["time"])
+            e.nodes * ((starts[i + 1].time if i + 1 < len(starts) else now) - e.time)
             for i, e in enumerate(starts)
         )
         return len(starts), exposure
@@ -72,12 +75,14 @@ class RunState:
     total: int
     step: int = 0
     loss: float = float("nan")
-    tokens_per_s: float = 0.0
+    samples_per_s: float = 0.0
+    tokens_per_s: float | None = None
     world_size: int = 0
     starts: int = 0
     first_step: int | None = None
     notices: int = 0
-    last_checkpoint: dict[str, Any] | None = None
+    last_checkpoint: msg.Checkpointed | None = None
+    stopped: str | None = None  # why the run stopped on its own (msg.Stopped)
     notes: list[str] = field(default_factory=list)
     started_at: float | None = None  # the first start event's time
     steps_lost: int = 0  # steps trained, then redone after a restart
@@ -96,56 +101,67 @@ class RunState:
         elapsed = (now if now is not None else time.time()) - self.started_at
         return max(0.0, 1 - self.lost_s / elapsed) if elapsed > 0 else 1.0
 
-    def _restarted(self, e: dict[str, Any]) -> None:
-        self.steps_lost += max(0, self.step - e["step"])
+    def _restarted(self, e: msg.Started) -> None:
+        self.steps_lost += max(0, self.step - e.step)
         # A checkpoint from before this driver started: count from the previous start.
-        saved_at = self._checkpoint_times.get(e["step"], self._last_start)
-        self.lost_s += max(0.0, e["time"] - saved_at)
+        saved_at = self._checkpoint_times.get(e.step, self._last_start)
+        self.lost_s += max(0.0, e.time - saved_at)
 
-    def fold(self, latest: dict[str, Any] | None, events: list[dict[str, Any]]) -> list[str]:
+    def fold(self, latest: msg.Stepped | None, events: list[msg.Event]) -> list[str]:
         """Take in new events; returns lines worth printing."""
         lines = []
         for e in events:
-            if e["kind"] == "start":
-                if self.starts:
-                    self._restarted(e)
-                else:
-                    self.started_at = e["time"]
-                self._last_start = e["time"]
-                self.starts += 1
-                self.world_size = e["world_size"]
-                if self.first_step is None:
-                    self.first_step = e["step"]
-                where = f"from step {e['step']}" if e["resumed_from"] else "from scratch"
-                if e.get("recovered_unregistered"):
-                    where += " (complete in storage, not yet registered by Ray)"
-                verb = "started" if self.starts == 1 else f"restart {self.starts - 1}:"
-                lines.extend(f"removed unusable checkpoint {r}" for r in e.get("removed", []))
-                lines.append(f"{verb} {where} on {e['world_size']} worker(s)")
-            elif e["kind"] == "checkpoint":
+            if isinstance(e, msg.Started):
+                lines += self._started(e)
+            elif isinstance(e, msg.Checkpointed):
                 self.last_checkpoint = e
-                self._checkpoint_times[e["step"]] = e["time"]
-            elif e["kind"] == "notice":
-                left = (e["deadline_ms"] / 1000 - e["time"]) if e.get("deadline_ms") else None
-                when = f", deadline in {left:.0f} s" if left is not None else ""
-                nodes = len(e["nodes"])
-                lines.append(f"preemption notice at step {e['step']} ({nodes} node(s){when}): checkpoint now")
-                self.notices += 1
-            elif e["kind"] == "hold":
+                self._checkpoint_times[e.step] = e.time
+            elif isinstance(e, msg.Noticed):
+                when = f", deadline in {e.deadline_ms / 1000 - e.time:.0f} s" if e.deadline_ms else ""
                 lines.append(
-                    f"checkpointed step {e['step']} ahead of the deadline; holding until the node is gone"
+                    f"preemption notice at step {e.step} ({len(e.nodes)} node(s){when}): checkpoint now"
                 )
+                self.notices += 1
+            elif isinstance(e, msg.Holding):
+                lines.append(
+                    f"checkpointed step {e.step} ahead of the deadline; holding until the node is gone"
+                )
+            elif isinstance(e, msg.Stopped):
+                self.stopped = e.reason
         if latest is not None:
-            self.step, self.loss = latest["step"], latest["loss"]
-            self.tokens_per_s, self.world_size = latest["tokens_per_s"], latest["world_size"]
+            self.step, self.loss, self.world_size = latest.step, latest.loss, latest.world_size
+            self.samples_per_s, self.tokens_per_s = latest.samples_per_s, latest.tokens_per_s
         return lines
 
+    def _started(self, e: msg.Started) -> list[str]:
+        if self.starts:
+            self._restarted(e)
+        else:
+            self.started_at = e.time
+        self._last_start = e.time
+        self.starts += 1
+        self.world_size = e.world_size
+        if self.first_step is None:
+            self.first_step = e.step
+        where = f"from step {e.step}" if e.resumed_from else "from scratch"
+        if e.recovered_unregistered:
+            where += " (complete in storage, not yet registered by Ray)"
+        verb = "started" if self.starts == 1 else f"restart {self.starts - 1}:"
+        return [
+            *(f"removed unusable checkpoint {r}" for r in e.removed),
+            f"{verb} {where} on {e.world_size} worker(s)",
+        ]
+
     def status(self) -> str:
-        ckpt = f"step {self.last_checkpoint['step']}" if self.last_checkpoint else "none yet"
-        return (
-            f"loss {self.loss:.4f}  {self.tokens_per_s:,.0f} tok/s  "
-            f"workers {self.world_size}  checkpoint {ckpt}"
+        saved = self.last_checkpoint
+        ckpt = f"step {saved.step}" if saved else "none yet"
+        pace = (
+            f"{self.tokens_per_s:,.0f} tok/s"
+            if self.tokens_per_s is not None
+            else f"{self.samples_per_s:,.1f} samples/s"
         )
+        evaluation = "".join(f"  {k} {v:.4g}" for k, v in (saved.evaluation if saved else {}).items())
+        return f"loss {self.loss:.4f}  {pace}  workers {self.world_size}  checkpoint {ckpt}{evaluation}"
 
 
 class ProgressView:
@@ -178,7 +194,7 @@ class ProgressView:
         if self._bar is not None:
             self._bar.__exit__(*exc)
 
-    def update(self, latest: dict[str, Any] | None, events: list[dict[str, Any]]) -> None:
+    def update(self, latest: msg.Stepped | None, events: list[msg.Event]) -> None:
         for line in self.state.fold(latest, events):
             self.console.print(line)
         if self.state.starts == 0:

@@ -59,6 +59,7 @@ from ray.train.v2._internal.execution.scaling_policy import (
 )
 
 from spotray.growth import PAYBACK_RESTARTS, Pace, growth_pays, saved_s
+from spotray.runtime.messages import CheckpointReport
 from spotray.watch import request_checkpoint
 
 # Under ray.train: Ray Train writes these next to its own decisions, in the controller log.
@@ -106,16 +107,17 @@ class FreshClusterView(UserCallback):
 
 class ReportClock(UserCallback):
     """Notes, from each reported checkpoint, which checkpoint request it answers and the
-    training's pace (train.loop reports both), for the policies."""
+    training's pace (spotray.runtime.loop reports both), for the policies."""
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         global _answered_request, _pace
         if checkpoint is None:
             return
-        answered = [m["answers_request"] for m in metrics if m and "answers_request" in m]
+        reports = [r for r in map(CheckpointReport.from_metrics, metrics) if r is not None]
+        answered = [r.answers_request for r in reports if r.answers_request is not None]
         _answered_request = max([_answered_request, *answered])
-        pace = Pace.from_metrics(metrics[0] or {}, time.monotonic()) if metrics else None
-        _pace = pace or _pace
+        if reports:  # rank 0's first: every rank reports the same pace
+            _pace = Pace.from_report(reports[0], time.monotonic())
 
 
 @dataclass

@@ -67,3 +67,13 @@ def resolve(uri: str, s3: S3Section) -> Location:
 def run_location(cfg: JobConfig) -> Location:
     """The run's folder: `<checkpoint.storage_path>/<name>`."""
     return resolve(cfg.checkpoint.storage_path, cfg.s3).join(cfg.name)
+
+
+def export_s3_env(s3: S3Section) -> None:
+    """The config's `s3:` settings as the AWS SDKs' environment variables, in this process:
+    a workload that reads its own data from S3 (boto3, pyarrow with AWS_ENDPOINT_URL_S3)
+    reaches the same store as spotray's checkpoints."""
+    if s3.endpoint_url:
+        os.environ["AWS_ENDPOINT_URL_S3"] = s3.endpoint_url
+    if s3.region:
+        os.environ["AWS_REGION"] = s3.region

@@ -1,8 +1,9 @@
 """Assembles and runs a job: preflight, Ray Train's TorchTrainer, live progress, summary.
 
-The driver does what must happen before Ray starts (validate, check the run's existing
-checkpoints against the config) and what needs the whole picture (progress, the summary,
-a text sample from the final model). The per-rank work is in `train.loop`.
+The driver does what must happen before Ray starts (validate, import the workload and run
+one loss on the CPU, check the run's existing checkpoints against the model) and what needs
+the whole picture (progress, the summary, the workload's preview of the final model). The
+per-rank work is in `spotray.runtime.loop`.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from rich.console import Console
 from spotray import checkpoint as ckpt
 from spotray.config import JobConfig
 from spotray.cost.ledger import RunRecorder, current_cluster
-from spotray.errors import CheckpointMismatchError, SpotrayError
+from spotray.errors import CheckpointMismatchError, SpotrayError, TrainingStopped
 from spotray.metrics import RunMetrics
 from spotray.progress import ProgressView, RunState, start_hub
 from spotray.storage import Location, resolve, run_location
 from spotray.watch import read_notices
-from train.data import BYTE_VOCAB, declared_vocab
+from spotray.workload import ModelFacts, Workload
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 1.0  # how often the driver asks the hub for news
@@ -58,7 +59,8 @@ class RunSummary:
     run_uri: str
     checkpoint_uri: str | None
     resumed_from_step: int | None
-    sample: str | None
+    evaluation: dict[str, float]  # Workload.evaluate at the last checkpoint
+    preview: str | None  # Workload.preview of the final model
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -77,19 +79,32 @@ def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def expected_shape(cfg: JobConfig) -> dict[str, Any] | None:
-    """The model shape the config asks for, or None when the vocabulary is only known from data."""
-    if not cfg.data.is_parquet:
-        return cfg.model.gpt_config(BYTE_VOCAB).as_dict()
-    vocab = cfg.model.vocab_size
-    if vocab is None:
-        loc = resolve(cfg.data.source, cfg.s3)
-        vocab = declared_vocab(loc.fs, loc.path)
-    return cfg.model.gpt_config(vocab).as_dict() if vocab else None
+@dataclass(frozen=True)
+class Preflight:
+    """What the checks before Ray starts found."""
+
+    run: Location
+    existing: ckpt.StoredCheckpoint | None  # the checkpoint the run resumes from
+    workload: Workload
+    model: ModelFacts
 
 
-def preflight(cfg: JobConfig, fresh: bool, console: Console) -> tuple[Location, ckpt.StoredCheckpoint | None]:
-    """Check the run's storage before anything starts; returns it and the checkpoint to resume."""
+def check_workload(cfg: JobConfig) -> tuple[Workload, ModelFacts]:
+    """Import and build the workload here, and compute one loss on two samples on the CPU:
+    a workload that cannot run fails as one line before Ray starts, not on every worker."""
+    from spotray.storage import export_s3_env
+    from spotray.workload import load, smoke_check
+
+    export_s3_env(cfg.s3)
+    workload = load(cfg.workload.entrypoint, cfg.workload.args)
+    return workload, smoke_check(workload, cfg.workload.entrypoint, cfg.seed)
+
+
+def preflight(cfg: JobConfig, fresh: bool, console: Console) -> Preflight:
+    """Check the workload and the run's storage before anything starts."""
+    from spotray.runtime.resume import shape_difference
+
+    workload, facts = check_workload(cfg)
     run = run_location(cfg)
     try:
         if fresh and run.exists():
@@ -99,27 +114,27 @@ def preflight(cfg: JobConfig, fresh: bool, console: Console) -> tuple[Location, 
     except OSError as err:
         raise SpotrayError(f"cannot read checkpoint storage {run.uri}: {err}") from None
     if existing is None:
-        return run, None
+        return Preflight(run, None, workload, facts)
     meta = existing.meta or {}
-    shape = expected_shape(cfg)
-    if shape is not None and meta.get("model") != shape:
-        diff = changed_settings({"model": meta.get("model")}, {"model": shape})
+    problem = shape_difference(meta, facts.shapes)
+    if problem:
         raise CheckpointMismatchError(
-            f"{existing.location.uri} holds another model shape than the config: "
-            f"{', '.join(diff)}; use another name, or --fresh to start over"
+            f"{existing.location.uri} {problem}; use another name, or --fresh to start over"
         )
     changes = changed_settings(meta.get("trajectory", {}), cfg.trajectory())
     if changes:
         console.print(f"[yellow]resuming with changed settings:[/] {', '.join(changes)}")
-    return run, existing
+    return Preflight(run, existing, workload, facts)
 
 
 def start_ray(cfg: JobConfig, attach: bool, log_to_driver: bool = False) -> None:
     """Attach to the cluster (inside a Ray Job) or start a private local Ray."""
     if ray.is_initialized():
         return
-    # Workers do not inherit the driver's sys.path: make a source checkout importable.
-    pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+    # Workers do not inherit the driver's sys.path: make a source checkout and the directory
+    # the run starts from (the user's workload, as with `python -m`) importable.
+    paths = (str(PROJECT_ROOT), os.getcwd(), os.environ.get("PYTHONPATH"))
+    pythonpath = os.pathsep.join(p for p in paths if p)
     if attach:
         ray.init(address="auto", log_to_driver=log_to_driver, logging_level=logging.WARNING)
         return
@@ -153,7 +168,7 @@ def build_trainer(
 
     from spotray.fallback import SpotFallbackPolicy
     from spotray.recovery import FreshClusterView, FreshElasticPolicy, ReportClock
-    from train.loop import train_loop_per_worker
+    from spotray.runtime.loop import LoopArgs, train_loop_per_worker
 
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **s.resources_per_worker}
@@ -180,11 +195,14 @@ def build_trainer(
     return trainer_cls(
         train_loop_per_worker,
         train_loop_config={
-            "config": cfg.model_dump(mode="json"),
-            "run": run,
-            "stop_step": stop_step,
-            "hub": hub,
-            "progress_every_s": progress_every_s,
+            "args": LoopArgs(
+                config=cfg.model_dump(mode="json"),
+                run=run,
+                stop_step=stop_step,
+                hub=hub,
+                launch_dir=os.getcwd(),
+                progress_every_s=progress_every_s,
+            )
         },
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=s.use_gpu, resources_per_worker=resources, **grow_check
@@ -257,11 +275,12 @@ def train(
     leaves out spotray's Ray settings and callbacks, for comparisons with Ray alone.
     """
     stop = stop_step or cfg.optimizer.steps
-    run, existing = preflight(cfg, fresh, console)
+    checked = preflight(cfg, fresh, console)
+    run, existing = checked.run, checked.existing
     resumed = existing.step if existing else None
     if existing is not None and existing.step >= stop:
         console.print(f"{run.uri} is already at step {existing.step}: nothing to train (--steps N goes on)")
-        return _summary(cfg, run, RunState(total=stop, step=existing.step), 0.0, resumed)
+        return _summary(cfg, run, RunState(total=stop, step=existing.step), 0.0, resumed, checked.workload)
 
     console.print(f"[bold]{cfg.name}[/]: training to step {stop}, checkpoints in {run.uri}")
     start_ray(cfg, attach, log_to_driver)
@@ -304,11 +323,18 @@ def train(
         finally:
             done.set()
             poller.join(timeout=10)
-    return _summary(cfg, run, state, time.perf_counter() - t0, resumed)
+    if state.stopped is not None:
+        last = ckpt.latest(run)
+        kept = f"the newest checkpoint is step {last.step}" if last else "no checkpoint was written"
+        raise TrainingStopped(
+            f"{cfg.name} stopped: {state.stopped}, before the update; {kept}. Lower optimizer.lr "
+            "or check the data, then run again to resume"
+        )
+    return _summary(cfg, run, state, time.perf_counter() - t0, resumed, checked.workload)
 
 
 def _summary(
-    cfg: JobConfig, run: Location, state: RunState, wall_s: float, resumed: int | None
+    cfg: JobConfig, run: Location, state: RunState, wall_s: float, resumed: int | None, workload: Workload
 ) -> RunSummary:
     final = ckpt.latest(run)
     meta = (final.meta or {}) if final else {}
@@ -322,23 +348,20 @@ def _summary(
         run_uri=run.uri,
         checkpoint_uri=final.location.uri if final else None,
         resumed_from_step=resumed,
-        sample=sample_text(final)
-        if final and meta.get("model", {}).get("vocab_size") == BYTE_VOCAB
-        else None,
+        evaluation=dict(meta.get("evaluation") or {}),
+        preview=preview(workload, final, cfg.seed) if final else None,
     )
 
 
-def sample_text(checkpoint: ckpt.StoredCheckpoint, new_tokens: int = 240, seed: int = 0) -> str:
-    """A short text sampled from a byte-level checkpoint's model, to see what it learned."""
+def preview(workload: Workload, checkpoint: ckpt.StoredCheckpoint, seed: int) -> str | None:
+    """The workload's preview of a checkpoint's model, built and loaded here on the CPU."""
     import torch
 
-    from train.model import GPT
-    from train.presets import GPTConfig
-
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = workload.build_model()
     state = ckpt.load_file(checkpoint.location, ckpt.STATE_FILE)
-    model = GPT(GPTConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     model.eval()
-    prompt = torch.tensor([list(b"The ")], dtype=torch.long)
-    out = model.generate(prompt, new_tokens, generator=torch.Generator().manual_seed(seed))
-    return bytes(out[0].tolist()).decode("utf-8", errors="replace")
+    with torch.no_grad():
+        return workload.preview(model)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -23,12 +24,12 @@ from enum import Enum
 from typing import Any
 
 from spotray.imds import IMDSClient, IMDSError, RebalanceHint, SpotNotice
+from spotray.runtime.messages import CheckpointRequest
 
 logger = logging.getLogger("spotray.watch")
 
 KV_NAMESPACE = b"spotray"
 NOTICE_PREFIX = "notice/"  # notice/<node id>/<kind>/<notice time>: one JSON record each
-CHECKPOINT_REQUEST_KEY = b"checkpoint-request"  # the newest request, read by the training loop
 DEFAULT_INTERVAL_S = 1.0  # AWS posts the notice 2 min ahead; a 1 s poll finds it in ~0.5 s
 ERROR_LOG_EVERY_S = 60.0  # a dead metadata service is logged once a minute, not every poll
 
@@ -145,15 +146,11 @@ def request_checkpoint(reason: str, node_id: str | None = None) -> float:
     connected to Ray; returns the request's time, which the answering checkpoint reports."""
     from ray.experimental import internal_kv
 
-    asked, body = _checkpoint_request(reason, node_id)
-    internal_kv._internal_kv_put(CHECKPOINT_REQUEST_KEY, body, overwrite=True, namespace=KV_NAMESPACE)
-    return asked
-
-
-def _checkpoint_request(reason: str, node_id: str | None) -> tuple[float, bytes]:
-    """A checkpoint request as the training loop reads it (train.loop), and its time."""
-    asked = time.time()
-    return asked, json.dumps({"time": asked, "node_id": node_id, "reason": reason}).encode()
+    request = CheckpointRequest(time.time(), reason, node_id)
+    internal_kv._internal_kv_put(
+        CheckpointRequest.KEY, request.encode(), overwrite=True, namespace=KV_NAMESPACE
+    )
+    return request.time
 
 
 class RayNode:
@@ -178,8 +175,8 @@ class RayNode:
             raise RuntimeError(f"Ray refused to drain node {self.node_id}: {why}")
 
     def request_checkpoint(self, decision: RequestCheckpoint) -> None:
-        _, body = _checkpoint_request(decision.reason, self.node_id)
-        self.gcs.internal_kv_put(CHECKPOINT_REQUEST_KEY, body, True, KV_NAMESPACE)
+        request = CheckpointRequest(time.time(), decision.reason, self.node_id)
+        self.gcs.internal_kv_put(CheckpointRequest.KEY, request.encode(), True, KV_NAMESPACE)
 
     def record(self, record: NoticeRecord) -> None:
         key = f"{NOTICE_PREFIX}{record.node_id}/{record.kind}/{record.notice_time}"

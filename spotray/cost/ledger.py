@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from spotray.cost.prices import PriceSeries, SpotPrice, series_by_market, spotray_home
+from spotray.runtime import messages as msg
 from spotray.watch import NoticeRecord
 
 CLUSTER_TAG = "ray-cluster-name"  # what Ray's AWS node provider tags every node with
@@ -284,23 +285,23 @@ class RunRecorder:
         self._ledger: Ledger | None = None
         self._broken = False
 
-    def __call__(self, latest: dict[str, Any] | None, events: list[dict[str, Any]]) -> None:
-        wanted = [e for e in events if e["kind"] in ("start", "checkpoint")]
-        self._write(wanted, any(e["kind"] == "notice" for e in events))
+    def __call__(self, latest: msg.Stepped | None, events: list[msg.Event]) -> None:
+        wanted = [e for e in events if isinstance(e, (msg.Started, msg.Checkpointed))]
+        self._write(wanted, any(isinstance(e, msg.Noticed) for e in events))
 
     def close(self) -> None:
         self._write([], True)  # notices the loop never saw (a node lost before its poll)
         if self._ledger is not None:
             self._ledger.close()
 
-    def _write(self, events: list[dict[str, Any]], read_notices: bool) -> None:
+    def _write(self, events: list[msg.Started | msg.Checkpointed], read_notices: bool) -> None:
         read_notices = read_notices and self.notices is not None
         if self._broken or not (events or read_notices):
             return
         try:
             self._ledger = self._ledger or Ledger(self.path)
             for e in events:
-                self._ledger.add_run_event(RunEvent(self.run, e["kind"], e["time"], e["step"], self.cluster))
+                self._ledger.add_run_event(RunEvent(self.run, e.kind, e.time, e.step, self.cluster))
             if read_notices and self.notices is not None:
                 self._ledger.add_notice_records(self.notices())
         except (sqlite3.Error, ConnectionError, RuntimeError) as err:  # never the run's problem

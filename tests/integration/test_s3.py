@@ -39,7 +39,10 @@ def test_train_on_s3_data_kill_a_worker_resume_from_s3(reference, s3: str, tmp_p
 
     config = write_config(
         tmp_path,
-        {"data": {"source": "s3://ckpt/data/pydoc/"}, "checkpoint": {"storage_path": "s3://ckpt/runs"}},
+        {
+            "workload": {"args": {"source": "s3://ckpt/data/pydoc/"}},
+            "checkpoint": {"storage_path": "s3://ckpt/runs"},
+        },
     )
     env = spotray_env(**FAKE_AWS, AWS_ENDPOINT_URL_S3=s3)
     run = resolve("s3://ckpt/runs", S3Section(endpoint_url=s3)).join("t")

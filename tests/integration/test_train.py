@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 from pathlib import Path
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.integration
 def test_two_workers_learn_and_leave_readable_checkpoints(reference) -> None:
     workdir, result = reference
     assert f"done: t at step {STEPS}" in result.stdout
-    assert "sample" in result.stdout
+    assert "preview (the model continues 'The ')" in result.stdout
     run = workdir / "runs" / "t"
     steps = sorted(int(p.name.split("_")[1]) for p in run.glob("checkpoint_0*"))
     assert steps == list(range(20, STEPS + 1, 20))
@@ -40,11 +41,15 @@ def test_two_workers_learn_and_leave_readable_checkpoints(reference) -> None:
         assert meta["samples"] == step * BATCH
         assert meta["world_size"] == 2
         assert meta["write_seconds"] > 0 and meta["stall_seconds"] >= 0
-        assert meta["model"]["n_layer"] == 2 and meta["model"]["vocab_size"] == 256
+        shapes = meta["model"]["shapes"]
+        assert shapes["tok_emb.weight"] == [256, 128] and "blocks.1.ln1.weight" in shapes
+        assert "blocks.2.ln1.weight" not in shapes  # n_layer 2
     assert [m["wall_time_s"] for m in metas] == sorted(m["wall_time_s"] for m in metas)
     losses = [m["loss"] for m in metas]
     assert losses[0] < math.log(256)  # better than uniform over bytes already at step 20
-    assert losses[-1] < losses[0] - 0.5, losses  # and it keeps learning
+    # And it keeps learning. A checkpoint's loss is one step's (16 x 64 bytes: +-0.2 of noise);
+    # the last three average 0.4 below the first here.
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.3, losses
 
 
 def test_rerun_of_a_finished_run_trains_nothing(reference) -> None:
@@ -56,11 +61,11 @@ def test_rerun_of_a_finished_run_trains_nothing(reference) -> None:
 
 def test_checkpoint_of_another_model_shape_is_a_clear_error(reference) -> None:
     workdir, _ = reference
-    config = write_config(workdir, {"model": {"n_layer": 3}}, name="wider.yaml")
+    config = write_config(workdir, {"workload": {"args": {"n_layer": 3}}}, name="wider.yaml")
     result = run_spotray(["train", str(config), "--steps", str(STEPS + 20)], cwd=workdir)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
-    assert "model.n_layer (2 -> 3)" in result.stderr and "--fresh" in result.stderr
+    assert "holds another model (lacks blocks.2." in result.stderr and "--fresh" in result.stderr
 
 
 def test_killed_worker_resumes_from_newest_checkpoint_bit_identical(reference, tmp_path: Path) -> None:
@@ -119,3 +124,27 @@ def test_one_worker_follows_the_two_worker_trajectory(reference, tmp_path: Path)
     assert_same_trajectory(final_state(tmp_path), final_state(reference[0]))
     meta = json.loads((tmp_path / "runs" / "t" / ckpt.dir_name(STEPS) / ckpt.META_FILE).read_text())
     assert meta["world_size"] == 1
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_finite_checkpoints(tmp_path: Path) -> None:
+    """lr 30: the gradient norm goes non-finite within a few steps (measured: step 6). The run
+    ends with one line naming the step; every step before it is checkpointed (interval 1) and
+    stays, none holds a non-finite loss, and nothing is retried."""
+    update = {"optimizer": {"lr": 30.0, "min_lr": 1.0, "warmup_steps": 20}, "checkpoint": {"interval": 1}}
+    config = write_config(tmp_path, update)
+
+    result = run_spotray(["train", str(config)], cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    stopped = re.fullmatch(
+        r"error: t stopped: (loss|gradient norm) \S+ at step (\d+), before the update; "
+        r"the newest checkpoint is step (\d+)\. Lower optimizer\.lr or check the data, "
+        r"then run again to resume",
+        result.stderr.strip(),
+    )
+    assert stopped, result.stderr
+    step, newest = int(stopped.group(2)), int(stopped.group(3))
+    assert newest == step - 1 >= 1
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "t").glob("checkpoint_*/spotray.json")]
+    assert metas and max(m["step"] for m in metas) == newest
+    assert all(math.isfinite(m["loss"]) for m in metas)
+    assert "restart" not in result.stdout  # stopped once, not retried max_failures times

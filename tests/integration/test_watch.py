@@ -19,9 +19,9 @@ import ray
 from spotray.cost.ledger import Ledger
 from spotray.imds import IMDSClient
 from spotray.imds_server import FakeIMDS
+from spotray.runtime.messages import CheckpointRequest
 from spotray.status import read_status
 from spotray.watch import (
-    CHECKPOINT_REQUEST_KEY,
     KV_NAMESPACE,
     NoticePolicy,
     RayNode,
@@ -131,10 +131,10 @@ def test_rebalance_asks_for_a_checkpoint_without_draining(imds, node) -> None:
     [record] = watcher_for(imds, node).poll_once()
     assert record.kind == "rebalance" and record.handled == "checkpoint-requested"
     assert node[1] not in draining()
-    request = internal_kv._internal_kv_get(CHECKPOINT_REQUEST_KEY, namespace=KV_NAMESPACE)
-    import json
-
-    assert json.loads(request)["time"] >= before
+    request = CheckpointRequest.decode(
+        internal_kv._internal_kv_get(CheckpointRequest.KEY, namespace=KV_NAMESPACE)
+    )
+    assert request is not None and request.time >= before and "rebalance" in request.reason
 
 
 def test_rebalance_can_be_set_to_drain(imds, node) -> None:

@@ -20,9 +20,24 @@ BAD_CONFIGS = [
     ("min_lr above lr", {"optimizer": {"lr": 1e-4, "min_lr": 1e-3}}, ["optimizer", "min_lr"]),
     ("bad interval", {"checkpoint": {"interval": "often"}}, ["checkpoint.interval", "'auto'", "'often'"]),
     ("zero interval", {"checkpoint": {"interval": 0}}, ["checkpoint.interval", "positive"]),
-    ("missing data file", {"data": {"source": "no/such/file.txt"}}, ["data.source", "no such file"]),
-    ("unknown preset", {"model": {"preset": "gpt5"}}, ["model.preset", "'gpt5'"]),
-    ("heads do not divide", {"model": {"n_head": 3}}, ["model", "divisible"]),
+    ("infinite lr", {"optimizer": {"lr": float("inf")}}, ["optimizer.lr", "finite"]),
+    ("old form", {"model": {"preset": "tiny"}}, ["model moved into the workload", "workload.args"]),
+    ("entrypoint form", {"workload": {"entrypoint": "train.gpt"}}, ["workload.entrypoint", "pattern"]),
+    ("no such attribute", {"workload": {"entrypoint": "train.gpt:Missing"}}, ["Missing", "no attribute"]),
+    ("no such module", {"workload": {"entrypoint": "no_such_pkg.mod:W"}}, ["cannot import no_such_pkg.mod"]),
+    (
+        "not a workload",
+        {"workload": {"entrypoint": "train.model:GPT"}},
+        ["GPT is not a subclass of spotray.Workload"],
+    ),
+    ("args not taken", {"workload": {"args": {"width": 64}}}, ["GPTWorkload", "workload.args", "'width'"]),
+    (
+        "missing data file",
+        {"workload": {"args": {"source": "no/such/file.txt"}}},
+        ["GPTWorkload", "no such file"],
+    ),
+    ("unknown preset", {"workload": {"args": {"preset": "gpt5"}}}, ["GPTWorkload", "'gpt5'"]),
+    ("heads do not divide", {"workload": {"args": {"n_head": 3}}}, ["GPTWorkload", "divisible"]),
     ("batch below workers", {"optimizer": {"global_batch_size": 1}}, ["global_batch_size", "max_workers"]),
     ("bad name", {"name": "../escape"}, ["name", "pattern"]),
     ("bad s3 endpoint", {"s3": {"endpoint_url": "127.0.0.1:9000"}}, ["s3.endpoint_url", "http://"]),
@@ -65,8 +80,9 @@ def test_bad_config_is_one_line_exit_2(tmp_path: Path, what: str, update: dict, 
         ("name: t\noptimizer: {lr: 0.1\n", ["invalid YAML", ":3:1"]),
         ("- just\n- a list\n", ["mapping"]),
         ("seed: 1\n", ["name", "required"]),
+        ("name: t\n", ["workload", "required"]),
     ],
-    ids=["yaml syntax", "not a mapping", "missing name"],
+    ids=["yaml syntax", "not a mapping", "missing name", "missing workload"],
 )
 def test_malformed_file(tmp_path: Path, text: str, words: list[str]) -> None:
     path = tmp_path / "bad.yaml"
@@ -86,10 +102,15 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_shipped_configs_are_valid() -> None:
     from spotray.config import load_config
+    from spotray.workload import check_args, resolve_class
 
-    for path in sorted((Path(__file__).resolve().parents[2] / "train" / "configs").glob("*.yaml")):
+    repo = Path(__file__).resolve().parents[2]
+    paths = sorted((repo / "train" / "configs").glob("*.yaml"))
+    assert len(paths) >= 4
+    for path in paths:
         cfg = load_config(path)
-        assert cfg.name
+        cls = resolve_class(cfg.workload.entrypoint, str(path.parent))
+        check_args(cls, cfg.workload.entrypoint, cfg.workload.args)
 
 
 def test_trajectory_ignores_where_it_runs() -> None:
@@ -103,4 +124,5 @@ def test_trajectory_ignores_where_it_runs() -> None:
 def test_parse_config_rejects_non_mapping() -> None:
     with pytest.raises(ConfigError):
         parse_config([1, 2])
-    assert isinstance(parse_config({"name": "x"}), JobConfig)
+    workload = {"entrypoint": "train.gpt:GPTWorkload"}
+    assert isinstance(parse_config({"name": "x", "workload": workload}), JobConfig)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spotray.growth import Pace, growth_pays, saved_s
+from spotray.runtime.messages import CheckpointReport
 
 
 def test_growth_pays_when_the_time_saved_exceeds_the_restarts() -> None:
@@ -31,11 +32,11 @@ def test_pace_scales_step_time_with_workers_and_counts_down_the_steps() -> None:
     assert pace.steps_left_at(1010.0, 2) == 80  # 10 s at 0.5 s a step
 
 
-def test_pace_from_the_loop_metrics_or_none() -> None:
-    metrics = {"step": 40, "loss": 2.0, "step_s": 0.5, "world_size": 2, "steps_left": 80, "restart_s": 9.5}
-    assert Pace.from_metrics(metrics, at=5.0) == Pace(0.5, 2, 80, 9.5, 5.0)
-    assert Pace.from_metrics({"step": 40, "loss": 2.0}, at=5.0) is None  # a registration report
-    assert Pace.from_metrics({**metrics, "restart_s": None}, at=5.0) is None
+def test_pace_from_the_loop_report() -> None:
+    report = CheckpointReport(
+        step=40, loss=2.0, samples=640, step_s=0.5, world_size=2, steps_left=80, restart_s=9.5
+    )
+    assert Pace.from_report(report, at=5.0) == Pace(0.5, 2, 80, 9.5, 5.0)
 
 
 def test_policy_says_once_why_it_stays_not_at_every_resize_check(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ from ray.core.generated import gcs_pb2
 from spotray.cost.live import _from_node_info, price_cluster
 from spotray.cost.prices import PriceSeries, load_on_demand
 from spotray.progress import RunState
+from spotray.runtime import messages as msg
 
 
 def at(hhmm: str) -> float:
@@ -78,12 +79,16 @@ def test_spot_node_without_a_price_is_an_estimate() -> None:
 
 
 def test_run_state_counts_lost_steps_and_time() -> None:
+    def start(step: int, world: int, at: float) -> msg.Started:
+        return msg.Started(step, world, 1, None if step == 0 else "x", False, [], 1, time=at)
+
     state = RunState(total=100)
-    state.fold(None, [{"kind": "start", "step": 0, "world_size": 2, "resumed_from": None, "time": 0.0}])
-    state.fold(None, [{"kind": "checkpoint", "step": 20, "time": 10.0}])
-    state.fold({"step": 27, "loss": 1.0, "tokens_per_s": 1.0, "world_size": 2, "time": 12.0}, [])
+    state.fold(None, [start(0, 2, 0.0)])
+    state.fold(None, [msg.Checkpointed(step=20, path="x", stall_s=0.0, write_s=0.1, time=10.0)])
+    state.fold(msg.Stepped(27, 1.0, 2, samples_per_s=1.0, tokens_per_s=None, lr=1e-3, time=12.0), [])
+    assert "1.0 samples/s" in state.status()
     # The node goes at step 27; the new worker group starts from step 20 at t = 20 s.
-    state.fold(None, [{"kind": "start", "step": 20, "world_size": 1, "resumed_from": "x", "time": 20.0}])
+    state.fold(None, [start(20, 1, 20.0)])
     assert state.restarts == 1 and state.steps_lost == 7
     assert state.lost_s == 10.0  # from the checkpoint at 10 s to the restart at 20 s
     assert state.goodput(now=40.0) == pytest.approx(0.75)

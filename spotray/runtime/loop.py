@@ -1,0 +1,406 @@
+"""The per-worker training loop that Ray Train runs on every rank, for any workload.
+
+Read it top to bottom: set-up (workload, model, optimizer, schedule), resume, then per
+step: the rank's slice of the global batch in micro-batches (DDP syncs on the last), one
+all-reduce of a few scalars that carries the global loss and every decision that must be
+unanimous (checkpoint due, poll for notices, last checkpoint before a deadline, a request),
+the update, the checkpoint decision, and the hold before a preempted node goes.
+
+Checkpoints are snapshotted to CPU memory on the training thread, written to local staging
+in the background, and handed to `ray.train.report(..., ASYNC)` at the first step where
+every rank's write is finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import psutil
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint, CheckpointUploadMode
+
+from spotray import checkpoint as ckpt
+from spotray import preemption
+from spotray.config import JobConfig
+from spotray.interval import Observation, policy_for
+from spotray.runtime import messages as msg
+from spotray.runtime.optim import autocast, default_optimizer, schedule
+from spotray.runtime.order import GlobalOrder, micro_batches, to_device
+from spotray.runtime.resume import Progress, choose_checkpoint, restore
+from spotray.storage import Location, export_s3_env
+from spotray.workload import Workload, load, model_shapes
+
+logger = logging.getLogger("spotray.runtime")
+
+
+@dataclass(frozen=True)
+class Trainee:
+    """What a checkpoint saves besides counters and RNG: the bare model, its optimizer and
+    schedule, and the workload's own state."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    workload: Workload
+
+
+@dataclass(frozen=True)
+class LoopArgs:
+    """What the driver hands every worker group (Ray Train's `train_loop_config`)."""
+
+    config: dict[str, Any]  # the JobConfig, as JSON-able data
+    run: Location
+    stop_step: int
+    hub: Any  # the driver's ProgressHub actor, or None
+    launch_dir: str  # where `spotray train` runs: the workload imports from there
+    progress_every_s: float = 0.5
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    args: LoopArgs = loop_config["args"]
+    cfg = JobConfig.model_validate(args.config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    nodes = max(1, world // max(1, ctx.get_local_world_size()))
+    device = ray.train.torch.get_device()
+    distributed = dist.is_available() and dist.is_initialized()
+    opt_cfg = cfg.optimizer
+    batch = opt_cfg.global_batch_size
+
+    # Set-up: the workload as the driver checked it, the model from the config's seed.
+    if os.path.isdir(args.launch_dir):  # relative paths in workload.args mean what they did there
+        os.chdir(args.launch_dir)
+    export_s3_env(cfg.s3)
+    workload = load(cfg.workload.entrypoint, cfg.workload.args, args.launch_dir)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = workload.build_model().to(device)
+    optimizer = workload.build_optimizer(model.parameters()) or default_optimizer(model, opt_cfg)
+    scheduler = schedule(optimizer, opt_cfg)
+    trainee = Trainee(model, optimizer, scheduler, workload)
+
+    # Resume: the newest complete checkpoint in storage, or a fresh start.
+    decision = choose_checkpoint(args.run, rank)
+    progress = restore(decision, model, optimizer, scheduler, workload, cfg.seed, world, rank, device)
+    resume = decision.checkpoint
+
+    ddp = ray.train.torch.prepare_model(model)
+    amp = autocast(device, cfg.runtime.precision)
+    order = GlobalOrder(workload.num_samples(), batch, cfg.seed)
+    tokens = workload.tokens_per_sample()
+    writer = ckpt.CheckpointWriter(staging_dir(args.run, rank), rank)
+    policy = policy_for(cfg.checkpoint.interval, cfg.checkpoint.prior_mtbf_hours)
+    failures, exposure_s = _failures(args.hub)
+    next_due = progress.step + policy.next_interval(None)
+    step_s, last_stall, last_commit, last_push, last_poll = 0.0, 0.0, 0.0, 0.0, 0.0
+    plan = preemption.PreemptionPlan()
+    born = psutil.Process().create_time()  # this worker process: the restart began about then
+    # Requests from before this worker process are covered by the restore. One made while it
+    # started is not: a growth is weighed as soon as Ray Train reports the group started,
+    # before this loop runs (measured: a request 40 ms after the start, ignored, cost the
+    # growth the policy's 60 s wait and the steps since the last periodic checkpoint).
+    request_seen = born
+    answering: float | None = None  # a request that the next checkpoint answers (rank 0)
+    attempt_start = time.perf_counter()
+    elapsed_base = progress.elapsed_s
+    restart_s: float | None = None  # from `born` to this start's first step
+    evaluation: dict[str, float] = {}
+
+    def tell(event: msg.Event) -> None:
+        if rank == 0 and args.hub is not None:
+            args.hub.push.remote(event)
+
+    tell(
+        msg.Started(
+            step=progress.step,
+            world_size=world,
+            nodes=nodes,
+            resumed_from=resume.location.uri if resume else None,
+            recovered_unregistered=resume is not None and not decision.registered,
+            removed=list(decision.removed),
+            pid=os.getpid(),
+        )
+    )
+
+    def commit(pending: ckpt.PendingCheckpoint) -> None:
+        nonlocal last_commit
+        ray.train.report(
+            pending.metrics,
+            checkpoint=Checkpoint.from_directory(str(pending.folder)),
+            checkpoint_dir_name=pending.folder.name,
+            checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+        )
+        last_commit = pending.write_s
+        tell(
+            msg.Checkpointed(
+                step=pending.step,
+                path=args.run.join(pending.folder.name).uri,
+                stall_s=pending.stall_s,
+                write_s=pending.write_s,
+                evaluation=pending.evaluation,
+            )
+        )
+
+    # A bigger model's pace: S s a step on the job's full size, and, as the global batch is
+    # fixed, S * full / world on fewer workers.
+    slow_step_s = float(os.environ.get(ckpt.SLOW_STEP_ENV) or 0) * cfg.scaling.max_workers / world
+    while progress.step < args.stop_step:
+        t0 = time.perf_counter()
+        step = progress.step + 1
+
+        # The step's gradients: this rank's slice of the global batch, in micro-batches.
+        ddp.train()
+        micro = micro_batches(
+            order, step, rank, world, opt_cfg.micro_batch_size, workload.sample, workload.collate
+        )
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for i, (size, part) in enumerate(micro):
+            part = to_device(part, device)
+            sync = i == len(micro) - 1 or not hasattr(ddp, "no_sync")
+            with contextlib.nullcontext() if sync else ddp.no_sync():
+                with amp:
+                    loss = workload.loss(ddp, part)
+                # Scaled so that DDP's mean over ranks is the mean over the global batch,
+                # whatever the world size and however unevenly the batch divides.
+                (loss * (size * world / batch)).backward()
+            loss_sum += loss.detach().double() * size
+
+        # One all-reduce carries the loss and every decision that must be unanimous; rank 0
+        # votes on timing so that all ranks act at the same step.
+        now = time.time()
+        vote_poll = rank == 0 and preemption.poll_due(now - last_poll, step_s)
+        request = _checkpoint_request() if vote_poll else None
+        requested = request is not None and request.time > request_seen
+        if requested:  # a rebalance hint, a growth or a move back to spot: checkpoint now
+            request_seen = now
+            answering = request.time
+        vote_due = rank == 0 and (step >= next_due or step == args.stop_step)
+        vote_final = rank == 0 and plan.wants_final(now * 1000, step_s, last_commit)
+        if vote_poll:
+            last_poll = now
+        ready = float(writer.pending is None or writer.pending.done())
+        stats = torch.tensor(
+            [0.0, ready, vote_due, vote_poll, vote_final, requested], dtype=torch.float64, device=device
+        )
+        stats[0] = loss_sum
+        if distributed:
+            dist.all_reduce(stats)
+        loss_value = stats[0].item() / batch
+        all_ready, due, poll, final, asked = (
+            stats[1].item() == world,
+            stats[2].item() > 0,
+            stats[3].item() > 0,
+            stats[4].item() > 0,
+            stats[5].item() > 0,
+        )
+        # A requested checkpoint is handed over at once: the move that asked for it (a
+        # growth, a move back to spot) waits on it, and every step after it is redone.
+        urgent = final or asked
+        if poll:
+            info = ray.train.get_preemption_info()  # a collective: every rank asks at this step
+            if plan.notice(info):
+                urgent = True
+                tell(
+                    msg.Noticed(
+                        step=step,
+                        deadline_ms=plan.deadline_ms,
+                        nodes=sorted(info.preempted_node_to_ranks),
+                        writing=writer.pending is not None and not writer.pending.done(),
+                    )
+                )
+        if final:
+            plan.final_saved = True
+
+        # The update, unless the step went wrong: then nothing of it is saved.
+        norm = (
+            torch.nn.utils.clip_grad_norm_(ddp.parameters(), opt_cfg.grad_clip)
+            if opt_cfg.grad_clip > 0
+            else None
+        )
+        if not math.isfinite(loss_value) or (norm is not None and not torch.isfinite(norm)):
+            if writer.pending is not None:
+                commit(writer.wait())
+            # Every rank sees the same all-reduced loss and synchronized gradients: all stop
+            # here, and the run ends cleanly (a retry would only meet the same number again).
+            what = f"loss {loss_value}" if not math.isfinite(loss_value) else f"gradient norm {float(norm)}"
+            tell(msg.Stopped(step=step, reason=f"{what} at step {step}"))
+            return
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if slow_step_s:
+            time.sleep(max(0.0, slow_step_s - (time.perf_counter() - t0)))
+
+        dt = time.perf_counter() - t0
+        step_s = dt if step_s == 0 else 0.9 * step_s + 0.1 * dt
+        if restart_s is None:
+            restart_s = time.time() - born
+        progress = Progress(
+            step=step,
+            samples=progress.samples + batch,
+            elapsed_s=elapsed_base + time.perf_counter() - attempt_start,
+            loss=loss_value,
+        )
+
+        # The checkpoint decision: commit a finished write; start one when due or urgent.
+        if writer.pending is not None and (all_ready or due or urgent):
+            commit(writer.wait())
+        if due or urgent:
+            if due and not urgent and rank == 0:
+                evaluation = _evaluate(workload, model)
+            report = msg.CheckpointReport(
+                step=step,
+                loss=loss_value,
+                samples=progress.samples,
+                step_s=step_s,
+                world_size=world,
+                steps_left=args.stop_step - step,
+                restart_s=restart_s,
+                answers_request=answering,
+            )
+            last_stall = _start_checkpoint(writer, trainee, progress, cfg, world, rank, report, evaluation)
+            answering = None
+            if urgent:  # a node is going, or a move waits: write and hand it over now
+                commit(writer.wait())
+            obs = Observation(
+                step_s=step_s,
+                stall_s=last_stall,
+                commit_s=last_commit,
+                failures=failures,
+                node_seconds=exposure_s + nodes * (time.perf_counter() - attempt_start),
+                nodes=nodes,
+            )
+            next_due = step + policy.next_interval(obs)
+
+        if rank == 0 and (time.perf_counter() - last_push >= args.progress_every_s or step == args.stop_step):
+            last_push = time.perf_counter()
+            tell(
+                msg.Stepped(
+                    step=step,
+                    loss=loss_value,
+                    world_size=world,
+                    samples_per_s=batch / dt,
+                    tokens_per_s=batch * tokens / dt if tokens else None,
+                    lr=optimizer.param_groups[0]["lr"],
+                )
+            )
+
+        # The hold: the last checkpoint before a deadline is written; take no more steps.
+        hold_until = plan.holding_until_ms()
+        if hold_until is not None:
+            tell(msg.Holding(step=step))
+            _hold(hold_until, step)
+
+    if writer.pending is not None:
+        commit(writer.wait())
+
+
+def staging_dir(run: Location, rank: int) -> Path:
+    """This rank's local staging folder, keyed by the run's storage URI (not only its name),
+    so two runs of one name in different storage never share it."""
+    key = sha256(run.uri.encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / "spotray-staging" / key / f"rank{rank}"
+
+
+def _checkpoint_request() -> msg.CheckpointRequest | None:
+    """The newest "checkpoint now" (a rebalance hint, a growth, a move back to spot), if any."""
+    from ray.experimental import internal_kv
+
+    from spotray.watch import KV_NAMESPACE
+
+    body = internal_kv._internal_kv_get(msg.CheckpointRequest.KEY, namespace=KV_NAMESPACE)
+    return msg.CheckpointRequest.decode(body)
+
+
+def _evaluate(workload: Workload, model: torch.nn.Module) -> dict[str, float]:
+    """`workload.evaluate` on the bare model, without gradients, leaving every RNG as it was:
+    a resumed run must draw what an uninterrupted one draws."""
+    saved = ckpt.rng_state()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return {k: float(v) for k, v in (workload.evaluate(model) or {}).items()}
+    finally:
+        model.train(was_training)
+        ckpt.set_rng_state(saved)
+
+
+def _hold(until_ms: float, step: int) -> None:
+    """Take no further step: the node is about to go and the last checkpoint is written.
+
+    Ray Train ends the worker group when the node goes or the deadline passes; if neither
+    happens by `until_ms` the node stayed after all, and training goes on.
+    """
+    logger.warning("holding at step %d until the preempted node is gone", step)
+    while time.time() * 1000 < until_ms:
+        time.sleep(0.2)
+    logger.warning(
+        "the preempted node is still here %.0f s past its deadline: training on", preemption.HOLD_GRACE_S
+    )
+
+
+def _failures(hub: Any) -> tuple[int, float]:
+    """Restarts this run has seen and node-seconds it has been exposed, from the driver."""
+    if hub is None:
+        return 0, 0.0
+    return ray.get(hub.failure_record.remote())
+
+
+def _start_checkpoint(
+    writer: ckpt.CheckpointWriter,
+    state: Trainee,
+    progress: Progress,
+    cfg: JobConfig,
+    world: int,
+    rank: int,
+    report: msg.CheckpointReport,
+    evaluation: dict[str, float],
+) -> float:
+    """Snapshot this rank's state and start writing it; returns the seconds it stalled."""
+    t0 = time.perf_counter()
+    model, optimizer = state.model, state.optimizer
+    files: dict[str, Any] = {ckpt.rng_file(rank): ckpt.rng_state()}
+    meta = None
+    if rank == 0:  # model and optimizer are replicas under DDP: one copy is enough
+        files[ckpt.STATE_FILE] = {
+            "model": writer.buffers.copy(model.state_dict(), "model"),
+            "optimizer": writer.buffers.copy(optimizer.state_dict(), "optimizer"),
+            "scheduler": state.scheduler.state_dict(),
+            "workload": state.workload.state_dict(),
+            "progress": progress.as_dict(),
+            "world_size": world,
+        }
+        meta = {
+            "format": ckpt.FORMAT_VERSION,
+            "run": cfg.name,
+            "step": progress.step,
+            "samples": progress.samples,
+            "world_size": world,
+            "loss": progress.loss,
+            "evaluation": evaluation,
+            "wall_time_s": round(progress.elapsed_s, 3),
+            "unix_time": time.time(),
+            "model": {
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "shapes": model_shapes(model),
+            },
+            "config_digest": cfg.digest(),
+            "trajectory": cfg.trajectory(),
+        }
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    stall = time.perf_counter() - t0
+    writer.start(progress.step, files, meta, stall, report.as_metrics(), evaluation)
+    return stall
