@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from spotray.errors import ConfigError, SpotrayError
+from spotray.errors import ConfigError, Interrupted, SpotrayError
 
 app = typer.Typer(
     help="Elastic, preemption-safe PyTorch training on AWS spot GPUs, with Ray.",
@@ -44,6 +44,9 @@ def human_errors() -> Iterator[None]:
     """Turn domain errors into one line on stderr and a non-zero exit."""
     try:
         yield
+    except Interrupted as err:
+        err_console.print(f"[yellow]interrupted[/]: {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(err.exit_code) from None
     except SpotrayError as err:
         if _debug:
             err_console.print_exception(show_locals=False)

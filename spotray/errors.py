@@ -29,3 +29,9 @@ class TrainingStopped(SpotrayError):
     """The run stopped on its own: a step's loss or gradient norm was not finite."""
 
     exit_code = 1
+
+
+class Interrupted(SpotrayError):
+    """The user stopped the run (Ctrl-C); running the same command again resumes it."""
+
+    exit_code = 130

@@ -24,7 +24,7 @@ from rich.console import Console
 from spotray import checkpoint as ckpt
 from spotray.config import JobConfig
 from spotray.cost.ledger import RunRecorder, current_cluster
-from spotray.errors import CheckpointMismatchError, SpotrayError, TrainingStopped
+from spotray.errors import CheckpointMismatchError, Interrupted, SpotrayError, TrainingStopped
 from spotray.metrics import RunMetrics
 from spotray.progress import ProgressView, RunState, start_hub
 from spotray.storage import Location, resolve, run_location
@@ -320,11 +320,18 @@ def train(
             build_trainer(cfg, run, stop, hub, progress_every_s, ray_defaults).fit()
         except ray.train.TrainingFailedError as err:
             raise SpotrayError(f"training failed: {_failure_message(err)}") from err
+        except SystemExit:  # Ray Train's SIGINT handler aborts the run, then exits
+            pass
         finally:
             done.set()
             poller.join(timeout=10)
+    last = ckpt.latest(run)
+    if state.stopped is None and (last is None or last.step < stop):  # aborted: Ctrl-C
+        where = f"from step {last.step}" if last else "from scratch (no checkpoint yet)"
+        raise Interrupted(
+            f"{cfg.name} stopped at step {state.step}; run the same command again to resume {where}"
+        )
     if state.stopped is not None:
-        last = ckpt.latest(run)
         kept = f"the newest checkpoint is step {last.step}" if last else "no checkpoint was written"
         raise TrainingStopped(
             f"{cfg.name} stopped: {state.stopped}, before the update; {kept}. Lower optimizer.lr "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -124,6 +125,36 @@ def test_one_worker_follows_the_two_worker_trajectory(reference, tmp_path: Path)
     assert_same_trajectory(final_state(tmp_path), final_state(reference[0]))
     meta = json.loads((tmp_path / "runs" / "t" / ckpt.dir_name(STEPS) / ckpt.META_FILE).read_text())
     assert meta["world_size"] == 1
+
+
+def test_ctrl_c_says_how_to_resume_and_the_resumed_run_is_bit_identical(reference, tmp_path: Path) -> None:
+    """A real SIGINT to `spotray train` after its checkpoint 40: exit 130 and one line that says
+    where the next run resumes; the next run ends as the uninterrupted one, bit for bit."""
+    config = write_config(tmp_path)
+    proc = subprocess.Popen(
+        [*SPOTRAY, "train", str(config)],
+        cwd=tmp_path,
+        env=spotray_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(complete_checkpoint(tmp_path / "runs" / "t", 40), 240, "checkpoint 40")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    resumes = re.fullmatch(
+        r"interrupted: t stopped at step \d+; run the same command again to resume from step (\d+)",
+        err.strip(),
+    )
+    assert resumes and int(resumes.group(1)) >= 40, err
+    again = run_spotray(["train", str(config)], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"started from step {resumes.group(1)}" in again.stdout
+    assert_bit_identical(final_state(tmp_path), final_state(reference[0]))
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_finite_checkpoints(tmp_path: Path) -> None:
