@@ -103,3 +103,22 @@ def kill_during_upload(source: Path, dest: Path) -> None:
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+
+def train_killing_a_worker(
+    args: list[str], cwd: Path, env: dict[str, str], when: Callable[[], bool], what: str
+) -> str:
+    """Run `spotray train ARGS`, SIGKILL one of its Ray Train workers once `when()` holds, and
+    return what it printed; the run must still succeed."""
+    from tests.conftest import SPOTRAY
+
+    out = cwd / "out.txt"
+    with out.open("w") as sink:
+        proc = subprocess.Popen([*SPOTRAY, "train", *args], cwd=cwd, env=env, stdout=sink, stderr=sink)
+        try:
+            wait_for(when, 240, what, interval=0.2)
+            kill_one_worker(proc.pid)
+            assert proc.wait(timeout=300) == 0, out.read_text()
+        finally:
+            proc.kill()
+    return out.read_text()

@@ -7,7 +7,6 @@ filesystem from the environment itself (workers included).
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import boto3
@@ -16,9 +15,9 @@ import pytest
 from spotray import checkpoint as ckpt
 from spotray.config import S3Section
 from spotray.storage import resolve
-from tests.conftest import SPOTRAY, run_spotray, spotray_env, write_config
+from tests.conftest import run_spotray, spotray_env, write_config
 from tests.integration.conftest import FAKE_AWS, STEPS, assert_bit_identical, final_state
-from tests.integration.faults import kill_one_worker, wait_for
+from tests.integration.faults import train_killing_a_worker
 from train.data import BUILTIN_PYDOC, BYTE_VOCAB, load_tokens, write_token_shards
 
 pytestmark = pytest.mark.integration
@@ -50,18 +49,7 @@ def test_train_on_s3_data_kill_a_worker_resume_from_s3(reference, s3: str, tmp_p
     def checkpoint_60_on_s3() -> bool:
         return any(c.step >= 60 and c.complete for c in ckpt.scan(run))
 
-    out = tmp_path / "out.txt"
-    with out.open("w") as sink:
-        proc = subprocess.Popen(
-            [*SPOTRAY, "train", str(config)], cwd=tmp_path, env=env, stdout=sink, stderr=sink
-        )
-        try:
-            wait_for(checkpoint_60_on_s3, 240, "checkpoint 60 on S3", interval=0.2)
-            kill_one_worker(proc.pid)
-            assert proc.wait(timeout=300) == 0, out.read_text()
-        finally:
-            proc.kill()
-    text = out.read_text()
+    text = train_killing_a_worker([str(config)], tmp_path, env, checkpoint_60_on_s3, "checkpoint 60 on S3")
     resumed = re.search(r"restart 1: from step (\d+)", text)
     assert resumed and int(resumed.group(1)) >= 60, text
     assert f"checkpoint   s3://ckpt/runs/t/{ckpt.dir_name(STEPS)}" in text

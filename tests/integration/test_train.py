@@ -21,8 +21,8 @@ from tests.integration.conftest import BATCH, STEPS, assert_bit_identical, asser
 from tests.integration.faults import (
     complete_checkpoint,
     kill_during_upload,
-    kill_one_worker,
     stage_newer_checkpoint,
+    train_killing_a_worker,
     wait_for,
 )
 
@@ -77,19 +77,9 @@ def test_killed_worker_resumes_from_newest_checkpoint_bit_identical(reference, t
     certain (checkpoints 20, 40, 60 land within ~4 s). Ray alone would restore an older one.
     """
     config = write_config(tmp_path)
-    out = tmp_path / "out.txt"
     env = spotray_env(RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="5")
-    with out.open("w") as sink:
-        proc = subprocess.Popen(
-            [*SPOTRAY, "train", str(config)], cwd=tmp_path, env=env, stdout=sink, stderr=sink
-        )
-        try:
-            wait_for(complete_checkpoint(tmp_path / "runs" / "t", 60), 240, "checkpoint 60")
-            kill_one_worker(proc.pid)
-            assert proc.wait(timeout=300) == 0, out.read_text()
-        finally:
-            proc.kill()
-    text = out.read_text()
+    checkpoint_60 = complete_checkpoint(tmp_path / "runs" / "t", 60)
+    text = train_killing_a_worker([str(config)], tmp_path, env, checkpoint_60, "checkpoint 60")
     assert "restart 1: from step 60 (complete in storage, not yet registered by Ray)" in text, text
     assert "restarts     1" in text
     assert_bit_identical(final_state(tmp_path), final_state(reference[0]))
