@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from spotray import checkpoint as ckpt
-from tests.conftest import REPO, free_port, run_spotray, spotray_env, write_config
+from tests.conftest import REPO, TEST_CONFIG, free_port, run_spotray, spotray_env, write_config
 from tests.integration.faults import wait_for
 
 pytestmark = pytest.mark.integration
@@ -69,13 +71,19 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_train_as_a_ray_job_streams_logs_and_checkpoints(ray_head: str, tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+    """A workload of the user's own, in the folder the job is submitted from: its module
+    travels with the job (the cluster has never seen it)."""
+    shutil.copy(REPO / "examples" / "spirals" / "spirals.py", tmp_path / "my_spirals.py")
+    workload = {"entrypoint": "my_spirals:SpiralsMLP", "args": {"size": 2000, "hidden": 16}}
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({**TEST_CONFIG, "workload": workload}))
     result = run_spotray(["train", str(config), "--address", ray_head, "--steps", "40"], cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "submitted Ray Job spotray-t-" in result.stdout
     # Streamed from the job's driver on the cluster:
     assert "started from scratch on 2 worker(s)" in result.stdout
     assert "done: t at step 40" in result.stdout
+    assert "val_accuracy" in result.stdout  # the workload's evaluate, in the summary
     run = tmp_path / "runs" / "t"  # the relative storage path was pinned to this machine's view
     assert (run / ckpt.dir_name(40) / ckpt.META_FILE).is_file()
 

@@ -105,8 +105,8 @@ def test_shipped_configs_are_valid() -> None:
     from spotray.workload import check_args, resolve_class
 
     repo = Path(__file__).resolve().parents[2]
-    paths = sorted((repo / "train" / "configs").glob("*.yaml"))
-    assert len(paths) >= 4
+    paths = sorted([*(repo / "train" / "configs").glob("*.yaml"), *(repo / "examples").glob("*/job.yaml")])
+    assert len(paths) >= 6
     for path in paths:
         cfg = load_config(path)
         cls = resolve_class(cfg.workload.entrypoint, str(path.parent))

@@ -1,0 +1,141 @@
+"""spotray's guarantees for a workload it has never seen: the Hugging Face example, copied into
+a folder of its own and run from there, as a user runs theirs.
+
+Exact resume (stopped and started again, a worker SIGKILLed), 0 steps lost to an announced
+preemption, and the elastic 3 -> 2 -> 3 trajectory hold as they do for the built-in GPT.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from spotray import checkpoint as ckpt
+from tests.conftest import REPO, deep_merge, run_spotray, spotray_env
+from tests.integration.conftest import assert_bit_identical, assert_same_trajectory
+from tests.integration.faults import complete_checkpoint, train_killing_a_worker
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("transformers", reason="the hf extra: pip install 'spotray[hf]'")
+
+STEPS = 60
+HF_JOB: dict[str, Any] = {
+    "name": "hf",
+    "seed": 3,
+    "workload": {
+        "entrypoint": "hf_lm:HFCausalLM",
+        "args": {"n_layer": 2, "n_head": 2, "n_embd": 32, "context": 32},
+    },
+    # 24 in micro-batches of 4: 1, 2 and 3 workers cut it into the same micro-batches.
+    "optimizer": {
+        "global_batch_size": 24,
+        "micro_batch_size": 4,
+        "steps": STEPS,
+        "lr": 3e-3,
+        "warmup_steps": 5,
+    },
+    "scaling": {"min_workers": 2, "max_workers": 2},
+    "checkpoint": {"storage_path": "./runs", "interval": 10, "keep": 10},
+    "failure": {"max_failures": 2},
+}
+
+
+def hf_folder(folder: Path, update: dict[str, Any] | None = None) -> Path:
+    """The user's folder: their workload module and their job.yaml."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "examples" / "hf_lm" / "hf_lm.py", folder / "hf_lm.py")
+    (folder / "job.yaml").write_text(yaml.safe_dump(deep_merge(HF_JOB, update or {})))
+    return folder
+
+
+def state(folder: Path, step: int = STEPS) -> dict:
+    path = folder / "runs" / "hf" / ckpt.dir_name(step) / ckpt.STATE_FILE
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def meta(folder: Path, step: int = STEPS) -> dict:
+    return json.loads((folder / "runs" / "hf" / ckpt.dir_name(step) / ckpt.META_FILE).read_text())
+
+
+def train(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = run_spotray(["train", "job.yaml", *args], cwd=folder)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def hf_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 2-worker run of the Hugging Face workload."""
+    folder = hf_folder(tmp_path_factory.mktemp("hf-reference"))
+    result = train(folder)
+    assert f"done: hf at step {STEPS}" in result.stdout
+    assert meta(folder)["loss"] < meta(folder, 10)["loss"] - 0.3, "it learns"
+    return folder
+
+
+def test_stopped_and_started_again_ends_exactly_as_one_run(hf_reference: Path, tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path / "mine")
+    train(folder, "--steps", "30")
+    second = train(folder)
+    assert "started from step 30" in second.stdout
+    assert meta(folder)["loss"] == meta(hf_reference)["loss"]  # float equality in spotray.json
+    assert_bit_identical(state(folder), state(hf_reference))
+
+
+def test_a_killed_worker_resumes_bit_identical(hf_reference: Path, tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path / "mine")
+    checkpoint_20 = complete_checkpoint(folder / "runs" / "hf", 20)
+    text = train_killing_a_worker(["job.yaml"], folder, spotray_env(), checkpoint_20, "checkpoint 20")
+    assert "restart 1: from step" in text
+    assert_bit_identical(state(folder), state(hf_reference))
+
+
+def test_announced_preemption_and_elastic_three_two_three(tmp_path: Path) -> None:
+    """3 workers -> 2 (announced: 0 steps lost) -> 3 (a node added: the job grows) -> 2 (a
+    node killed without notice), ending where an uninterrupted 3-worker run does."""
+    # Long enough for the growth (~15 s from the node joining) to land while it trains.
+    steps = {"optimizer": {"steps": 130}}
+    fixed = hf_folder(tmp_path / "fixed", {**steps, "scaling": {"min_workers": 3, "max_workers": 3}})
+    train(fixed)
+
+    elastic = {
+        **steps,
+        "scaling": {"min_workers": 1, "max_workers": 3, "grow_payback_restarts": 0},
+        "failure": {"max_failures": 1},
+    }
+    folder = hf_folder(tmp_path / "elastic", elastic)
+    args = ["chaos", "job.yaml", "--nodes", "3", "--no-replace", "--report", "report.json", "--lead-s", "6"]
+    args += [
+        "--slow-step-s",
+        "0.2",
+        "--event",
+        "15:announced",
+        "--event",
+        "30:add",
+        "--event",
+        "45:unannounced",
+    ]
+    result = run_spotray(
+        args, cwd=folder, env=spotray_env(SPOTRAY_LEDGER=str(tmp_path / "ledger.db")), timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((folder / "report.json").read_text())
+    assert report["final_step"] == 130
+    announced, grow, shrink = report["events"]
+    assert announced["steps_lost"] == 0 and announced["workers_after"] == 2, announced
+    assert announced["resumed_step"] == announced["checkpoint_before_kill"] >= 25
+    assert grow["workers_after"] == 3, grow
+    assert shrink["workers_after"] == 2, shrink
+    starts = [e for e in report["hub_events"] if e["kind"] == "start"]
+    assert [e["world_size"] for e in starts] == [3, 2, 3, 2]
+    for start in starts:  # each group's first step is the one after its checkpoint
+        first = min((t, step) for t, step in report["steps"] if t >= start["time"])
+        assert first[1] == start["step"] + 1, (start, first)
+    assert_same_trajectory(state(folder, 130), state(fixed, 130))
