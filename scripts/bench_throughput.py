@@ -1,12 +1,12 @@
-"""Training throughput of the spotray loop on Ray Train against plain PyTorch DDP.
+"""Training throughput of the spotray runtime on Ray Train against plain PyTorch DDP.
 
-    python scripts/bench_throughput.py                  # demo model, 2 workers, 3 repeats
+    python scripts/bench_throughput.py                  # the Hugging Face example, 2 workers, 3 repeats
     python scripts/bench_throughput.py --steps 100 --repeats 1
-    python scripts/bench_throughput.py --config gpu.yaml  # use_gpu: NCCL, one worker per GPU
+    python scripts/bench_throughput.py --config train/configs/gpu-1x.yaml  # NCCL, one worker per GPU
 
-Same model (the `tiny` preset of train/configs/local.yaml, or --config's), same global batch
-and micro-batches, same data order, same number of workers, same precision (gloo on CPU,
-NCCL and `model.precision` on GPUs):
+Same workload (examples/hf_lm/job.yaml's Hugging Face GPT-2, or --config's), same model,
+global batch and micro-batches, same data order, same number of workers, same precision
+(gloo on CPU, NCCL and `runtime.precision` on GPUs):
 - spotray: `spotray.trainer.train` (Ray Train, progress hub, the all-reduced loss, and
   asynchronous checkpoints every 50 steps, as in the demo);
 - DDP: torch.multiprocessing + DistributedDataParallel, no Ray, no checkpoints.
@@ -68,36 +68,37 @@ def run_spotray(cfg: JobConfig, warmup: int, steps: int) -> float:
 
 
 def timed_ddp_steps(
-    cfg: JobConfig, rank: int, world: int, warmup: int, steps: int, device: torch.device
+    cfg: JobConfig, rank: int, world: int, warmup: int, steps: int, device: torch.device, where: str
 ) -> float:
-    """Plain DDP training of the same model on the same batches; steady-state steps/s."""
-    from train.batches import BatchOrder
-    from train.data import load_tokens
-    from train.loop import autocast, lr_factor, make_optimizer
-    from train.model import GPT
+    """Plain DDP training of the same workload on the same batches; steady-state steps/s."""
+    from spotray.runtime.optim import autocast, default_optimizer, schedule
+    from spotray.runtime.order import GlobalOrder, micro_batches, to_device
+    from spotray.workload import load
 
-    tokens = load_tokens(cfg.data.source)
+    workload = load(cfg.workload.entrypoint, cfg.workload.args, where)
     torch.manual_seed(cfg.seed)
-    model = GPT(cfg.model.gpt_config(tokens.vocab_size)).to(device)
-    optimizer = make_optimizer(model, cfg.optimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.optimizer, s))
+    model = workload.build_model().to(device)
+    optimizer = workload.build_optimizer(model.parameters()) or default_optimizer(model, cfg.optimizer)
+    scheduler = schedule(optimizer, cfg.optimizer)
     ids = [device.index] if device.type == "cuda" else None
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    amp = autocast(device, cfg.model.precision)
+    amp = autocast(device, cfg.runtime.precision)
     batch = cfg.optimizer.global_batch_size
-    order = BatchOrder(tokens.ids, model.cfg.block_size, batch, cfg.seed)
+    order = GlobalOrder(workload.num_samples(), batch, cfg.seed)
     t0 = 0.0
     for step in range(1, warmup + steps + 1):
         if step == warmup + 1:
             dist.barrier()
             t0 = time.perf_counter()
-        micro = order.micro_batches(step, rank, world, cfg.optimizer.micro_batch_size)
-        for i, (x, y) in enumerate(micro):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        micro = micro_batches(
+            order, step, rank, world, cfg.optimizer.micro_batch_size, workload.sample, workload.collate
+        )
+        for i, (size, part) in enumerate(micro):
+            part = to_device(part, device)
             with contextlib.nullcontext() if i == len(micro) - 1 else ddp.no_sync():
                 with amp:
-                    _, loss = ddp(x, y)
-                (loss * (len(x) * world / batch)).backward()
+                    loss = workload.loss(ddp, part)
+                (loss * (size * world / batch)).backward()
         torch.nn.utils.clip_grad_norm_(ddp.parameters(), cfg.optimizer.grad_clip)
         optimizer.step()
         scheduler.step()
@@ -107,7 +108,9 @@ def timed_ddp_steps(
     return steps / (time.perf_counter() - t0)
 
 
-def _ddp_worker(rank: int, world: int, port: int, cfg_json: str, warmup: int, steps: int, out: str) -> None:
+def _ddp_worker(
+    rank: int, world: int, port: int, cfg_json: str, warmup: int, steps: int, out: str, where: str
+) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     cfg = JobConfig.model_validate_json(cfg_json)
     if cfg.scaling.use_gpu:
@@ -118,7 +121,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_json: str, warmup: int, st
         device = torch.device("cpu")
         torch.set_num_threads(1)
         dist.init_process_group("gloo", rank=rank, world_size=world)
-    rate = timed_ddp_steps(cfg, rank, world, warmup, steps, device)
+    rate = timed_ddp_steps(cfg, rank, world, warmup, steps, device, where)
     if rank == 0:
         Path(out).write_text(json.dumps({"steps_per_s": rate}))
     dist.destroy_process_group()
@@ -138,7 +141,8 @@ def run_ray_plain(cfg: JobConfig, warmup: int, steps: int) -> float:
         ctx = ray.train.get_context()
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
         cfg = JobConfig.model_validate(config["cfg"])
-        rate = timed_ddp_steps(cfg, rank, world, warmup, steps, ray.train.torch.get_device())
+        where = config["where"]
+        rate = timed_ddp_steps(cfg, rank, world, warmup, steps, ray.train.torch.get_device(), where)
         if rank == 0:
             Path(config["out"]).write_text(json.dumps({"steps_per_s": rate}))
 
@@ -146,12 +150,18 @@ def run_ray_plain(cfg: JobConfig, warmup: int, steps: int) -> float:
     out = Path(cfg.checkpoint.storage_path) / "ray-plain.json"
     TorchTrainer(
         loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "out": str(out)},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "out": str(out), "where": os.getcwd()},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.max_workers, use_gpu=cfg.scaling.use_gpu),
         run_config=RunConfig(name="bench-ray-plain", storage_path=cfg.checkpoint.storage_path),
     ).fit()
     ray.shutdown()
     return json.loads(out.read_text())["steps_per_s"]
+
+
+def tokens_per_sample(cfg: JobConfig) -> int | None:
+    from spotray.workload import load
+
+    return load(cfg.workload.entrypoint, cfg.workload.args).tokens_per_sample()
 
 
 def free_port() -> int:
@@ -164,7 +174,7 @@ def run_ddp(cfg: JobConfig, warmup: int, steps: int, world: int) -> float:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         mp.spawn(
             _ddp_worker,
-            args=(world, free_port(), cfg.model_dump_json(), warmup, steps, out.name),
+            args=(world, free_port(), cfg.model_dump_json(), warmup, steps, out.name, os.getcwd()),
             nprocs=world,
         )
         return json.loads(Path(out.name).read_text())["steps_per_s"]
@@ -182,18 +192,20 @@ def main() -> None:
     parser.add_argument(
         "--config",
         type=Path,
-        default=REPO / "train" / "configs" / "local.yaml",
-        help="job config whose model, data, batch, workers and use_gpu to measure",
+        default=REPO / "examples" / "hf_lm" / "job.yaml",
+        help="job config whose workload, batch, workers and use_gpu to measure",
     )
     parser.add_argument("--markdown", action="store_true", help="print a BENCHMARKS.md table row")
     args = parser.parse_args()
     if args.warmup % 50 or args.steps % 50:
         parser.error("--warmup and --steps must be multiples of the checkpoint interval (50)")
 
+    config = args.config.resolve()
+    os.chdir(config.parent)  # the workload imports from its config's folder, as `spotray train` run there
     with tempfile.TemporaryDirectory() as storage:
-        cfg = bench_config(args.config, storage, args.warmup + args.steps)
+        cfg = bench_config(config, storage, args.warmup + args.steps)
         world = cfg.scaling.max_workers
-        tokens_per_step = cfg.optimizer.global_batch_size * cfg.model.gpt_config(256).block_size
+        tokens_per_step = cfg.optimizer.global_batch_size * (tokens_per_sample(cfg) or 1)
         spot, ray_plain, ddp = [], [], []
         for r in range(args.repeats):
             spot.append(run_spotray(cfg, args.warmup, args.steps))
