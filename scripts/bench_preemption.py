@@ -41,7 +41,7 @@ restarts cost seconds, not steps, so it rises with the job's length; the default
 steps) is what fits four runs in 15 minutes.
 
 Then the three policies are projected to a 24-hour, 8-node p3.8xlarge job with
-spotray.simulator over the shared 16-node availability traces, with the restart seconds
+spotray.simulator over the vendored 16-node availability traces (data/spot-traces), with the restart seconds
 measured here: article and ray-alone as a fixed-size job that loses the work since its last
 periodic checkpoint (every 30 minutes) at each preemption (a SIGTERM save of a multi-GB
 checkpoint does not fit in the seconds an instance has after its shutdown starts), spotray as
@@ -100,7 +100,7 @@ ARMS: dict[str, tuple[dict[str, Any], list[str]]] = {
     "spotray": ({"scaling": {"min_workers": 1}, "checkpoint": {"interval": "auto"}}, []),
 }
 TOLERANCE = 1e-4
-SHARED = REPO.parent / "shared" / "data" / "spot-traces" / "availability" / "16-node"
+TRACES = REPO / "data" / "spot-traces" / "availability" / "16-node"  # vendored: data/spot-traces/SOURCE.md
 
 
 def merged(update: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +237,7 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def project(summary: dict[str, dict[str, Any]], spot_price: float, on_demand_price: float) -> list[str]:
-    """The three policies on a 24 h, 8-node job over the shared traces (medians over start times)."""
+    """The three policies on a 24 h, 8-node job over the vendored traces (medians over start times)."""
     step_s, steps, every = 1.0, 24 * 3600, 1800
     arms = {
         "article": ("fixed", False),
@@ -245,7 +245,7 @@ def project(summary: dict[str, dict[str, Any]], spot_price: float, on_demand_pri
         "spotray": ("elastic", True),
     }
     rows = []
-    traces = sorted(SHARED.glob("*/*.json"))
+    traces = sorted(TRACES.glob("*/*.json"))
     for trace_path in traces:
         trace = Trace.load(trace_path)
         starts = [trace.rotated(i * len(trace.available) // 8) for i in range(8)]

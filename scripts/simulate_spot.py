@@ -1,6 +1,6 @@
 """Replay spot availability traces for a job under the four policies of spotray.simulator.
 
-    python scripts/simulate_spot.py                                   # the shared 16-node traces
+    python scripts/simulate_spot.py                                   # the vendored 16-node traces
     python scripts/simulate_spot.py --trace t.json --workers 8 --steps 5000 --plot out.png
 
 For each trace and policy (fixed W, elastic min..max, elastic with on-demand fallback, all
@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from spotray.simulator import POLICIES, Job, Result, Trace, simulate  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "data" / "spot-traces" / "availability" / "16-node"
+TRACES = REPO / "data" / "spot-traces" / "availability" / "16-node"  # vendored: data/spot-traces/SOURCE.md
 
 
 def row(trace: str, runs: list[Result], job: Job, fixed: list[Result]) -> str:
@@ -87,9 +87,9 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="PNG path; one per trace, the trace's name appended")
     args = parser.parse_args()
 
-    traces = args.trace or sorted(SHARED.glob("*/*.json"))
+    traces = args.trace or sorted(TRACES.glob("*/*.json"))
     if not traces:
-        parser.error(f"no --trace given and no shared traces under {SHARED}")
+        parser.error(f"no --trace given and no traces under {TRACES}")
     job = Job(
         workers=args.workers,
         steps=args.steps,

@@ -7,7 +7,7 @@ a checkpoint (the copy to CPU memory; the write and upload run in the background
 estimates M from the failures it has seen, starting from a prior:
 
     PRIOR_NODE_MTBF_HOURS = 2.0   # per node, from the p3.2xlarge spot preemption trace in
-                                  # shared/data/spot-traces (aws-04-22-2023, 4 AZs, 1 week):
+                                  # data/spot-traces/preemption/1-node (aws-04-22-2023, 4 AZs, 1 week):
                                   # 431 node-hours alive, 202 preemptions -> 2.13 h.
 
 Node MTBF = (prior + observed node-seconds) / (1 + observed failures): one pseudo-failure
