@@ -24,3 +24,23 @@ def keys(model: type[BaseModel], prefix: str = "") -> list[str]:
 def test_every_config_key_is_documented() -> None:
     missing = [k for k in keys(JobConfig) if f"`{k}`" not in README]
     assert not missing, f"README's config reference lacks: {missing}"
+
+
+def test_no_file_cites_a_document_the_repo_lacks() -> None:
+    """Every `*.md` a tracked file names exists (from the repo root, the file's folder or docs/)."""
+    import re
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.split()
+    missing = []
+    for name in listed:
+        path = repo / name
+        if not name.endswith((".md", ".py", ".toml", ".yaml")) or not path.is_file():
+            continue
+        for ref in re.findall(r"(?<![\w/.-])([\w./-]+\.md)\b", path.read_text(errors="ignore")):
+            if not any((base / ref).exists() for base in (repo, path.parent, repo / "docs")):
+                missing.append(f"{name}: {ref}")
+    assert not missing, missing
