@@ -110,7 +110,7 @@ def merged(update: dict[str, Any]) -> dict[str, Any]:
 def final_state(checkpoint: str) -> dict[str, Any]:
     import torch
 
-    return torch.load(Path(checkpoint) / ckpt.STATE_FILE, map_location="cpu", weights_only=False)
+    return torch.load(Path(checkpoint) / ckpt.STATE_FILE, map_location="cpu", weights_only=True)
 
 
 def max_difference(a: dict[str, Any], b: dict[str, Any]) -> float:

@@ -366,12 +366,17 @@ def _follow_restart(
     return start
 
 
+CHAOS_SUFFIX = "-chaos"  # the run chaos trains: never the config's own run
+
+
 def chaos_config(cfg: Any) -> Any:
-    """The job, pinned to the spot nodes: one `spot_node` per worker, one worker per node."""
+    """The job under a run name of its own (`NAME-chaos`, always started fresh, so the
+    config's own run is never touched), pinned to the spot nodes: one `spot_node` per
+    worker, one worker per node."""
     scaling = cfg.scaling.model_copy(
         update={"resources_per_worker": {**cfg.scaling.resources_per_worker, SPOT_RESOURCE: 1}}
     )
-    return cfg.model_copy(update={"scaling": scaling})
+    return cfg.model_copy(update={"name": cfg.name + CHAOS_SUFFIX, "scaling": scaling})
 
 
 def run_chaos(
@@ -404,7 +409,9 @@ def run_chaos(
     from spotray.storage import run_location
     from spotray.trainer import train
 
+    own = cfg.name
     cfg = chaos_config(cfg)
+    console.print(f"chaos: trains the run {cfg.name}, from scratch; the run {own} is not touched")
     console.print(
         f"chaos: {nodes} spot nodes, {len(schedule)} event(s): "
         + ", ".join(f"step {e.at_step} {e.kind}" + (f" x{e.nodes}" if e.nodes > 1 else "") for e in schedule)

@@ -286,8 +286,8 @@ def chaos(
     """Train CONFIG on a local multi-node Ray cluster while spot preemptions happen to it.
 
     Each node has its own loopback metadata service and watcher; a seeded schedule serves
-    notices and kills nodes, and the report says what each preemption cost. The run always
-    starts fresh.
+    notices and kills nodes, and the report says what each preemption cost. It trains a run
+    of its own, NAME-chaos, always from scratch: the config's run NAME is never touched.
 
     [b]Examples:[/b]
 

@@ -18,9 +18,9 @@ STEPS = TEST_CONFIG["optimizer"]["steps"]
 BATCH = TEST_CONFIG["optimizer"]["global_batch_size"]
 
 
-def final_state(workdir: Path, step: int = STEPS) -> dict:
+def final_state(workdir: Path, step: int = STEPS, run: str = "t") -> dict:
     return torch.load(
-        workdir / "runs" / "t" / ckpt.dir_name(step) / ckpt.STATE_FILE, map_location="cpu", weights_only=False
+        workdir / "runs" / run / ckpt.dir_name(step) / ckpt.STATE_FILE, map_location="cpu", weights_only=True
     )
 
 

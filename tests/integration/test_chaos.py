@@ -6,8 +6,10 @@ its JSON report and the final checkpoint are what the tests check.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,14 @@ def chaos(
     return json.loads((tmp_path / "report.json").read_text())
 
 
+def files_of(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
 def test_announced_preemptions_lose_no_step_and_are_not_failures(reference, tmp_path: Path) -> None:
     """One node, then two at once, with max_failures=0: preemptions have their own budget.
 
@@ -47,8 +57,12 @@ def test_announced_preemptions_lose_no_step_and_are_not_failures(reference, tmp_
     right after the step-40 write began: the loop finishes and commits that write, then
     checkpoints the step it has reached, all before the deadline.
     """
+    # The config's own run exists (a copy of the reference's): chaos must leave it byte-identical.
+    shutil.copytree(reference[0] / "runs" / "t", tmp_path / "runs" / "t")
+    before = files_of(tmp_path / "runs" / "t")
     update = {"failure": {"max_failures": 0}}
     report = chaos(tmp_path, update, "41:announced", "80:announced:2", lead_s=14.0, slow_storage_s=4.0)
+    assert files_of(tmp_path / "runs" / "t") == before
     assert report["final_step"] == STEPS
     assert report["restarts"] == 2
     first, second = report["events"]
@@ -60,10 +74,10 @@ def test_announced_preemptions_lose_no_step_and_are_not_failures(reference, tmp_
         assert event["resumed_step"] == event["checkpoint_before_kill"]
     assert first["resumed_step"] > 40
     # Same world size all along: the same parameters as the uninterrupted run, bit for bit.
-    assert_bit_identical(final_state(tmp_path), final_state(reference[0]))
+    assert_bit_identical(final_state(tmp_path, run="t-chaos"), final_state(reference[0]))
     # The cost ledger has what the bill needs: the restarts, the checkpoints, the 3 notices.
     with Ledger(tmp_path / "ledger.db") as ledger:
-        events = ledger.run_events(run="t")
+        events = ledger.run_events(run="t-chaos")
         assert [e.kind for e in events].count("start") == 3
         assert {e.step for e in events if e.kind == "checkpoint"} >= {first["resumed_step"], STEPS}
         assert [action for _, action, _, _ in ledger.notices()] == ["terminate"] * 3
@@ -120,7 +134,7 @@ def test_elastic_job_shrinks_grows_loses_everything_and_comes_back(tmp_path: Pat
     for start in starts:
         first = min((t, step) for t, step in report["steps"] if t >= start["time"])
         assert first[1] == start["step"] + 1, (start, first)
-    assert_same_trajectory(final_state(tmp_path, 130), final_state(uninterrupted, 130))
+    assert_same_trajectory(final_state(tmp_path, 130, run="t-chaos"), final_state(uninterrupted, 130))
 
 
 def test_elastic_job_near_its_end_does_not_grow(tmp_path: Path) -> None:

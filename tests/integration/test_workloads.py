@@ -55,8 +55,8 @@ def hf_folder(folder: Path, update: dict[str, Any] | None = None) -> Path:
     return folder
 
 
-def state(folder: Path, step: int = STEPS) -> dict:
-    path = folder / "runs" / "hf" / ckpt.dir_name(step) / ckpt.STATE_FILE
+def state(folder: Path, step: int = STEPS, run: str = "hf") -> dict:
+    path = folder / "runs" / run / ckpt.dir_name(step) / ckpt.STATE_FILE
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -138,4 +138,4 @@ def test_announced_preemption_and_elastic_three_two_three(tmp_path: Path) -> Non
     for start in starts:  # each group's first step is the one after its checkpoint
         first = min((t, step) for t, step in report["steps"] if t >= start["time"])
         assert first[1] == start["step"] + 1, (start, first)
-    assert_same_trajectory(state(folder, 130), state(fixed, 130))
+    assert_same_trajectory(state(folder, 130, run="hf-chaos"), state(fixed, 130))
