@@ -43,8 +43,11 @@ class IMDSError(Exception):
     """The metadata service could not be reached or said something that does not parse."""
 
 
-def parse_time(text: str) -> datetime:
-    """IMDS times: ISO 8601 in UTC with a `Z`."""
+def parse_time(text: object) -> datetime:
+    """IMDS times: ISO 8601 in UTC with a `Z`. Anything else is a ValueError (a null or a
+    number in a notice must be retried, not crash the watcher)."""
+    if not isinstance(text, str):
+        raise ValueError(f"time must be an ISO 8601 string, got {text!r}")
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
 
 

@@ -18,15 +18,17 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from spotray.imds import IMDSClient, IMDSError, RebalanceHint, SpotNotice
 from spotray.runtime.messages import CheckpointRequest
 
 logger = logging.getLogger("spotray.watch")
+T = TypeVar("T")
 
 KV_NAMESPACE = b"spotray"
 NOTICE_PREFIX = "notice/"  # notice/<node id>/<kind>/<notice time>: one JSON record each
@@ -232,15 +234,18 @@ class Watcher:
             self._last_error_log = now
 
     def poll_once(self) -> list[NoticeRecord]:
-        """Ask IMDS once, act on anything new; returns the notices handled this round."""
+        """Ask IMDS once, act on anything new; returns the notices handled this round.
+
+        The notice is read first and on its own: the rebalance hint and the instance id are
+        best effort, and a garbled answer there never holds a notice back."""
         try:
             notice = self.imds.spot_notice()
-            hint = self.imds.rebalance()
-            if self.instance_id is None:
-                self.instance_id = self.imds.instance_id()
         except IMDSError as err:  # never act on a guess: try again next round
             self._log_error(err)
             return []
+        hint = self._best_effort(self.imds.rebalance)
+        if self.instance_id is None:
+            self.instance_id = self._best_effort(self.imds.instance_id)
         handled = []
         for action in self.policy.decide(notice, hint):
             try:
@@ -267,6 +272,13 @@ class Watcher:
             logger.warning("%s on node %s: %s", action.kind, self.node.node_id, outcome)
             handled.append(record)
         return handled
+
+    def _best_effort(self, read: Callable[[], T]) -> T | None:
+        try:
+            return read()
+        except IMDSError as err:
+            self._log_error(err)
+            return None
 
     def _carry_out(self, decision: Decision | None) -> str:
         if isinstance(decision, Drain):

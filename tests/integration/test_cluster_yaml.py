@@ -116,3 +116,58 @@ def test_ray_aws_provider_launches_every_worker_type(cluster_yaml_on_moto: Path)
     [group_id] = {g["GroupId"] for i in launched.values() for g in i["SecurityGroups"]}
     from_outside = [p for p in groups[group_id]["IpPermissions"] if p.get("IpRanges")]
     assert [(p["FromPort"], p["ToPort"]) for p in from_outside] == [(22, 22)]  # SSH only
+
+
+def test_the_watcher_is_supervised_a_killed_one_comes_back(tmp_path: Path) -> None:
+    """cluster.yaml's own watcher line, run as the node runs it (with its log in tmp_path):
+    SIGKILL the watcher and a new one starts; SIGTERM it and the supervisor ends too."""
+    import os
+    import signal
+    import sys
+
+    import psutil
+
+    from tests.conftest import free_port, spotray_env
+    from tests.integration.faults import wait_for
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    [line] = [c for c in config["worker_start_ray_commands"] if "spotray watch" in c]
+    assert line.startswith("nohup ") and line.endswith(" &")
+    command = (
+        line.removeprefix("nohup ")
+        .removesuffix(" &")
+        .replace("/tmp/spotray-watch.log", str(tmp_path / "w.log"))
+    )
+    command = command.replace(":6379", f":{free_port()}")  # a GCS that is not there: it waits
+    env = spotray_env(
+        RAY_HEAD_IP="127.0.0.1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    )
+    supervisor = subprocess.Popen(["sh", "-c", command], env=env, start_new_session=True)
+
+    def watchers() -> list[psutil.Process]:
+        found = []
+        for child in psutil.Process(supervisor.pid).children(recursive=True):
+            try:
+                if "watch" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                    found.append(child)
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
+    log = tmp_path / "w.log"
+
+    def said(times: int) -> bool:  # the watcher's first line: it is up, its handlers set
+        return log.exists() and log.read_text().count("cannot reach the Ray GCS") >= times
+
+    try:
+        wait_for(lambda: said(1), 30, "the watcher's first line")
+        [first] = watchers()
+        first.send_signal(signal.SIGKILL)
+        wait_for(lambda: said(2), 30, "a new watcher's first line")
+        assert "spotray watch exited (137): restarting in 1 s" in log.read_text()
+        [second] = watchers()
+        assert second.pid != first.pid
+        second.send_signal(signal.SIGTERM)  # a clean stop ends the loop
+        assert supervisor.wait(timeout=15) == 0
+    finally:
+        os.killpg(supervisor.pid, signal.SIGKILL) if supervisor.poll() is None else None

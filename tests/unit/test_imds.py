@@ -60,7 +60,14 @@ def test_notice_and_rebalance_are_parsed(imds: FakeIMDS) -> None:
 
 
 @pytest.mark.parametrize(
-    "body", ["<html>oops", '{"action": "explode", "time": "2026-11-26T18:22:00Z"}', "{}"]
+    "body",
+    [
+        "<html>oops",
+        '{"action": "explode", "time": "2026-11-26T18:22:00Z"}',
+        "{}",
+        '{"action": "terminate", "time": null}',
+        '{"action": "terminate", "time": 1796066448}',
+    ],
 )
 def test_garbage_is_an_error_not_a_notice(imds: FakeIMDS, body: str) -> None:
     imds.serve_garbage(INSTANCE_ACTION_PATH, body)

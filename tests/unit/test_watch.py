@@ -76,3 +76,55 @@ def test_watch_with_nothing_to_connect_to_says_so_and_stops_at_sigterm(tmp_path)
         assert proc.returncode == 0
     finally:
         proc.kill()
+
+
+class RecordingNode:
+    """What the watcher does to its Ray node, written down instead of done."""
+
+    node_id = "node-1"
+
+    def __init__(self) -> None:
+        self.drains: list[Drain] = []
+        self.records: list[object] = []
+
+    def drain(self, decision: Drain) -> None:
+        self.drains.append(decision)
+
+    def request_checkpoint(self, decision: RequestCheckpoint) -> None:
+        raise AssertionError("no rebalance hint was readable")
+
+    def record(self, record: object) -> None:
+        self.records.append(record)
+
+
+def test_a_notice_is_acted_on_while_the_rebalance_answer_is_garbage() -> None:
+    """The notice path depends on nothing else that can fail: a garbled rebalance answer and
+    a missing instance id are logged, the notice drains the node in the same round."""
+    from spotray.imds import INSTANCE_ID_PATH, REBALANCE_PATH, IMDSClient
+    from spotray.imds_server import FakeIMDS
+    from spotray.watch import Watcher
+
+    with FakeIMDS() as imds:
+        imds.serve_garbage(REBALANCE_PATH, "<html>busy")
+        imds.clear(INSTANCE_ID_PATH)
+        at = imds.serve_notice(lead_s=120).replace(microsecond=0)  # IMDS times are in seconds
+        node = RecordingNode()
+        watcher = Watcher(IMDSClient(imds.url), node, NoticePolicy())  # type: ignore[arg-type]
+        [record] = watcher.poll_once()
+    assert node.drains == [Drain(int(at.timestamp() * 1000), f"spot terminate at {at.isoformat()}")]
+    assert record.kind == "spot-interruption" and record.handled == "drained" and record.instance_id is None
+
+
+def test_a_notice_with_a_null_time_is_retried_not_fatal() -> None:
+    from spotray.imds import INSTANCE_ACTION_PATH, IMDSClient
+    from spotray.imds_server import FakeIMDS
+    from spotray.watch import Watcher
+
+    with FakeIMDS() as imds:
+        imds.serve_garbage(INSTANCE_ACTION_PATH, '{"action": "terminate", "time": null}')
+        node = RecordingNode()
+        watcher = Watcher(IMDSClient(imds.url), node, NoticePolicy())  # type: ignore[arg-type]
+        assert watcher.poll_once() == []  # logged, and tried again next round
+        at = imds.serve_notice(lead_s=60).replace(microsecond=0)
+        [record] = watcher.poll_once()
+    assert record.deadline == at.isoformat() and len(node.drains) == 1
