@@ -101,6 +101,13 @@ def train(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Delete this run's checkpoints and start from step 0.")
     ] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="With --address: send the Ray token over plain http to a host other than this one.",
+        ),
+    ] = False,
 ) -> None:
     """Train CONFIG's workload with Ray Train, resuming from the run's newest checkpoint.
 
@@ -124,7 +131,7 @@ def train(
         if address:
             from spotray.jobs import submit
 
-            raise typer.Exit(submit(cfg, address, steps, fresh, console))
+            raise typer.Exit(submit(cfg, address, steps, fresh, console, insecure, ray_logs=_debug))
         from spotray.trainer import train as run_training
 
         summary = run_training(cfg, steps, fresh, console, log_to_driver=_debug)

@@ -12,6 +12,7 @@ prints plain progress lines that stream back here.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ from urllib.parse import urlparse
 from rich.console import Console
 
 from spotray.config import JobConfig
-from spotray.errors import SpotrayError
+from spotray.errors import ConfigError, SpotrayError
 
 CONFIG_ENV = "SPOTRAY_JOB_CONFIG"
 STOP_STEP_ENV = "SPOTRAY_JOB_STOP_STEP"
@@ -88,8 +89,37 @@ def use_token_auth_if_available() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def submit(cfg: JobConfig, address: str, steps: int | None, fresh: bool, console: Console) -> int:
-    """Submit the run as a Ray Job, stream its logs, and return its exit code."""
+def check_token_transport(url: str, insecure: bool) -> None:
+    """The Ray token is a bearer credential: over plain http only to this machine (or an SSH
+    tunnel to it), unless the user insists with --insecure."""
+    parsed = urlparse(url)
+    if os.environ.get("RAY_AUTH_MODE") != "token" or insecure or parsed.scheme == "https":
+        return
+    if parsed.hostname not in LOCAL_HOSTS:
+        raise ConfigError(
+            f"refusing to send the Ray token over plain http to {parsed.hostname}: use https://, "
+            "an SSH tunnel to 127.0.0.1 (`spotray dashboard`), or --insecure"
+        )
+
+
+def quiet_ray_client_logs() -> None:
+    """Ray's job client logs every package upload and websocket close at INFO; spotray says
+    what matters itself (--debug shows them)."""
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def submit(
+    cfg: JobConfig,
+    address: str,
+    steps: int | None,
+    fresh: bool,
+    console: Console,
+    insecure: bool = False,
+    ray_logs: bool = False,
+) -> int:
+    """Submit the run as a Ray Job, stream its logs, and return its exit code. `insecure`:
+    send the token over plain http anywhere; `ray_logs`: show Ray's client logs too."""
     use_token_auth_if_available()
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -97,7 +127,10 @@ def submit(cfg: JobConfig, address: str, steps: int | None, fresh: bool, console
 
     check_args(resolve_class(cfg.workload.entrypoint), cfg.workload.entrypoint, cfg.workload.args)
     url = dashboard_url(address)
+    check_token_transport(url, insecure)
     cfg = for_cluster(cfg, url, console)
+    if not ray_logs:
+        quiet_ray_client_logs()
     try:
         client = JobSubmissionClient(url)
     except (ConnectionError, RuntimeError, ValueError) as err:

@@ -84,6 +84,7 @@ def test_train_as_a_ray_job_streams_logs_and_checkpoints(ray_head: str, tmp_path
     assert "started from scratch on 2 worker(s)" in result.stdout
     assert "done: t at step 40" in result.stdout
     assert "val_accuracy" in result.stdout  # the workload's evaluate, in the summary
+    assert "Uploading package" not in result.stdout + result.stderr  # Ray's client INFO lines stay quiet
     run = tmp_path / "runs" / "t"  # the relative storage path was pinned to this machine's view
     assert (run / ckpt.dir_name(40) / ckpt.META_FILE).is_file()
 

@@ -126,3 +126,23 @@ def test_parse_config_rejects_non_mapping() -> None:
         parse_config([1, 2])
     workload = {"entrypoint": "train.gpt:GPTWorkload"}
     assert isinstance(parse_config({"name": "x", "workload": workload}), JobConfig)
+
+
+def test_the_ray_token_goes_over_plain_http_only_to_this_machine(tmp_path: Path) -> None:
+    """A token on this machine and --address http://<another host>: refused before anything
+    is sent, with the ways out."""
+    from tests.conftest import spotray_env
+
+    token = tmp_path / "auth_token"
+    token.write_text("secret")
+    env = spotray_env(RAY_AUTH_TOKEN_PATH=str(token))
+    env.pop("RAY_AUTH_MODE", None)
+    path = write_config(tmp_path)
+    result = run_spotray(
+        ["train", str(path), "--address", "http://192.0.2.7:8265"], cwd=tmp_path, env=env, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "error: refusing to send the Ray token over plain http to 192.0.2.7: use https://, an SSH tunnel "
+        "to 127.0.0.1 (`spotray dashboard`), or --insecure"
+    )
