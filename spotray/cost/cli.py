@@ -89,7 +89,12 @@ def cost(
                 ledger.sync_ec2(ec2, cluster, now)
             nodes = ledger.nodes(cluster)
             if not nodes:
-                raise SpotrayError(f"no nodes of cluster {cluster!r} in EC2 ({where}) or in the ledger")
+                read = (
+                    f"the ledger {ledger.path}"
+                    if ec2 is None
+                    else f"EC2 ({where}) or the ledger {ledger.path}"
+                )
+                raise SpotrayError(f"no nodes of cluster {cluster!r} in {read}")
             if run:
                 nodes = _within(nodes, events[0].time, events[-1].time)
             spot_types = sorted({n.instance_type for n in nodes if n.market == "spot"})

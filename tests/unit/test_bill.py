@@ -129,3 +129,14 @@ def test_a_run_is_billed_for_its_own_time_from_the_ledger_alone(tmp_path: Path) 
     assert totals["node_hours"] == round(hours, 4)
     spot_a = (115 / 60) * 0.90 + 1.5 * 1.20
     assert totals["cost_usd"] == round(spot_a + 3.45 * 12.24 + (152 / 60) * 0.95, 2)
+
+
+def test_offline_says_it_read_the_ledger_only(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        ledger.add_run_event(RunEvent("r", "start", 1.0, 0, "empty-cluster"))
+    args = ["cost", "--cluster", "empty-cluster", "--offline", "--ledger", str(tmp_path / "ledger.db")]
+    result = run_spotray(args, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: no nodes of cluster 'empty-cluster' in the ledger {tmp_path / 'ledger.db'}"
+    )
