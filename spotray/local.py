@@ -137,10 +137,11 @@ def up_local(config_path: Path, autoscaler_v2: bool = False) -> LocalCluster:
     filled = folder / "autoscaling.yaml"
     filled.write_text(yaml.safe_dump(config, sort_keys=False))
     (folder / "spot_ceilings.json").unlink(missing_ok=True)  # from an earlier cluster of this name
-    # Short: Ray's Unix socket paths under it must stay within 107 characters.
-    # Keyed by SPOTRAY_HOME too: two homes with a cluster of one name never share it.
-    home_key = hashlib.sha256(str(spotray_home().resolve()).encode()).hexdigest()[:8]
-    temp_dir = Path(tempfile.gettempdir()) / f"spotray-{os.getuid()}" / f"{name}-{home_key}"
+    # Short: Ray's Unix socket paths under it must stay within 107 characters (a name of
+    # 28 characters plus a suffix made the dashboard's sockets too long). Keyed by the
+    # SPOTRAY_HOME and the name, so two homes with a cluster of one name never share it.
+    key = hashlib.sha256(f"{spotray_home().resolve()}/{name}".encode()).hexdigest()[:10]
+    temp_dir = Path(tempfile.gettempdir()) / f"spotray-{os.getuid()}" / key
     temp_dir.mkdir(parents=True, exist_ok=True)
     ray = Path(sys.executable).with_name("ray")
     cmd = [
