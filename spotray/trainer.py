@@ -27,6 +27,7 @@ from spotray.cost.ledger import RunRecorder, current_cluster
 from spotray.errors import CheckpointMismatchError, Interrupted, SpotrayError, TrainingStopped
 from spotray.metrics import RunMetrics
 from spotray.progress import ProgressView, RunState, start_hub
+from spotray.runtime import messages as msg
 from spotray.storage import Location, resolve, run_location
 from spotray.watch import read_notices
 from spotray.workload import ModelFacts, Workload
@@ -251,7 +252,7 @@ def _failure_message(err: Exception) -> str:
     return text[-1] if text else type(err).__name__
 
 
-Observer = Callable[[dict[str, Any] | None, list[dict[str, Any]]], None]
+Observer = Callable[[msg.Stepped | None, list[msg.Event]], None]
 
 
 def train(

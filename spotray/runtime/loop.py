@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,15 @@ class Trainee:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     workload: Workload
+
+    @cached_property
+    def model_description(self) -> dict[str, Any]:
+        """Parameter count and tensor shapes for spotray.json: fixed for the run, so worked
+        out once, not in every checkpoint's stall."""
+        return {
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "shapes": model_shapes(self.model),
+        }
 
 
 @dataclass(frozen=True)
@@ -392,10 +402,7 @@ def _start_checkpoint(
             "evaluation": evaluation,
             "wall_time_s": round(progress.elapsed_s, 3),
             "unix_time": time.time(),
-            "model": {
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "shapes": model_shapes(model),
-            },
+            "model": state.model_description,
             "config_digest": cfg.digest(),
             "trajectory": cfg.trajectory(),
         }
