@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner, Result
 
 from spotray.config import JobConfig, parse_config
 from spotray.errors import ConfigError
@@ -58,14 +59,30 @@ BAD_CONFIGS = [
         ["scaling", "on_demand_resources_per_worker", "of its own"],
     ),
     ("fallback wait not positive", {"scaling": {"on_demand_after_s": 0}}, ["scaling.on_demand_after_s"]),
+    (
+        {"scaling": {"strategy": "zero3"}},
+        ["scaling.strategy", "'ddp' or 'fsdp'", "'zero3'"],
+    ),
 ]
 
 
+def train_here(path: Path, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> Result:
+    """`spotray train PATH` in this process (typer's runner): each case fails before Ray
+    starts, and a subprocess per case cost CI ~3.5 s each. The real process exit is covered
+    by test_malformed_file."""
+    from spotray.cli import app
+
+    monkeypatch.chdir(cwd)
+    return CliRunner().invoke(app, ["train", str(path)])
+
+
 @pytest.mark.parametrize("what,update,words", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
-def test_bad_config_is_one_line_exit_2(tmp_path: Path, what: str, update: dict, words: list[str]) -> None:
+def test_bad_config_is_one_line_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str, update: dict, words: list[str]
+) -> None:
     path = write_config(tmp_path, update)
-    result = run_spotray(["train", str(path)], cwd=tmp_path, timeout=60)
-    assert result.returncode == 2, result.stderr
+    result = train_here(path, tmp_path, monkeypatch)
+    assert result.exit_code == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
