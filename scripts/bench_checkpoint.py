@@ -4,9 +4,9 @@
     python scripts/bench_checkpoint.py --rounds 3 --n-layer 4
 
 One process, CPU, no Ray: the quantity is what the training thread waits for.
-- sync: `torch.save` of model + optimizer + scheduler into a staging folder, then the copy to
-  storage that `ray.train.report(checkpoint_upload_mode=SYNC)` makes (pyarrow copy_files),
-  both on the training thread, as in Ray Train's examples.
+- sync: a synchronous DCP save (`torch.distributed.checkpoint.save`) of model + optimizer into
+  a staging folder, then the copy to storage that `ray.train.report(checkpoint_upload_mode=SYNC)`
+  makes (pyarrow copy_files), both on the training thread, as in Ray Train's examples.
 - async: spotray's `spotray.runtime.loop._start_checkpoint` (copy to CPU memory on the training thread,
   write in a background thread; Ray's ASYNC upload follows in its own thread).
 Each round trains a few steps, checkpoints once each way, and records the stall and the
@@ -26,6 +26,7 @@ import pyarrow.fs as pafs
 import torch
 
 from spotray import checkpoint as ckpt
+from spotray import tensors
 from spotray.config import BUILTIN_GPT, parse_config
 from spotray.runtime import messages as msg
 from spotray.runtime.loop import Trainee, _start_checkpoint
@@ -81,19 +82,14 @@ def main() -> None:
             t0 = time.perf_counter()
             staged = Path(tmp) / f"sync-{r}"
             staged.mkdir()
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": ckpt.rng_state(),
-            }
-            torch.save(state, staged / ckpt.STATE_FILE)
+            shards, _ = tensors.split(tensors.training_state(model, optimizer))
+            tensors.save(shards, staged, None)
             fs.create_dir(str(storage / f"sync-{r}"))
             pafs.copy_files(
                 str(staged), str(storage / f"sync-{r}"), source_filesystem=fs, destination_filesystem=fs
             )
             sync_stalls.append(time.perf_counter() - t0)
-            sizes.append((staged / ckpt.STATE_FILE).stat().st_size)
+            sizes.append(sum(f.stat().st_size for f in staged.iterdir()))
 
             # Asynchronous: spotray's path; the upload would follow in Ray's thread.
             writer = ckpt.CheckpointWriter(Path(tmp) / f"async-{r}", rank=0)

@@ -68,7 +68,6 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from spotray import checkpoint as ckpt  # noqa: E402
 from spotray.chaos import parse_event  # noqa: E402
 from spotray.simulator import Job, Trace, simulate  # noqa: E402
 
@@ -108,9 +107,9 @@ def merged(update: dict[str, Any]) -> dict[str, Any]:
 
 
 def final_state(checkpoint: str) -> dict[str, Any]:
-    import torch
+    from spotray import tensors
 
-    return torch.load(Path(checkpoint) / ckpt.STATE_FILE, map_location="cpu", weights_only=True)
+    return tensors.read_state(Path(checkpoint))
 
 
 def max_difference(a: dict[str, Any], b: dict[str, Any]) -> float:

@@ -4,18 +4,25 @@ A checkpoint is a folder `checkpoint_<step>` in the run's storage, written throu
 `ray.train.report(..., checkpoint_upload_mode=ASYNC)`, so Ray Train's storage layer (local
 or S3 via pyarrow) moves it. Inside:
 
-- `state.pt` (rank 0): model, optimizer, LR scheduler, counters, the workload's own state.
+- `.metadata` (rank 0) and `__<rank>_0.distcp` (every rank): the model and optimizer
+  tensors, a torch.distributed.checkpoint (DCP) checkpoint that loads at any world size and
+  under either strategy (spotray.tensors).
+- `trainer.pt` (rank 0): the rest of the state: optimizer param groups, LR scheduler,
+  counters, the workload's own state.
 - `rng-rank<r>.pt` (every rank): Python, NumPy, torch (and CUDA) RNG states.
-- `manifest-rank<r>.json` (every rank): `{file: size}` for what that rank wrote.
+- `manifest-rank<r>.json` (every rank): size and SHA-256 of each file that rank wrote.
 - `spotray.json` (rank 0): step, samples, world size, loss, evaluation, times, the model's
   tensor shapes, config; readable without torch.
 
-Files hold tensors and plain values only and load with `weights_only=True`: a checkpoint
-is data, and whoever can write the bucket must not be able to run code at the next resume.
+Files hold tensors and plain values only and load with `weights_only=True` (DCP's index
+with an unpickler limited to its own types): a checkpoint is data, and whoever can write
+the bucket must not be able to run code at the next resume.
 
 A checkpoint counts only when `spotray.json` and every rank's manifest are present and every
 file listed has its listed size: a node killed in the middle of a write or upload leaves a
-folder that `scan` reports as torn and `latest` never returns.
+folder that `scan` reports as torn and `latest` never returns. The checksums are verified
+before a checkpoint is loaded (`verify`): a flipped byte skips that checkpoint for the one
+before it.
 
 Why storage, not only `ray.train.get_checkpoint()`: Ray registers a checkpoint when its
 controller polls the workers' reports (every `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`: 2 s by
@@ -27,6 +34,7 @@ complete checkpoint of either kind.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -48,9 +56,9 @@ from spotray.storage import Location
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: any workload; tensors and plain values only (loaded weights_only)
+# 2: any workload, weights_only; 3: tensors through DCP (any world size, DDP or FSDP), checksums
+FORMAT_VERSION = 3
 META_FILE = "spotray.json"
-STATE_FILE = "state.pt"
 DIR_PATTERN = re.compile(r"^checkpoint_(\d+)$")
 # Fault injection (`spotray chaos --slow-storage-s`): every write takes this much longer, its
 # manifest held back meanwhile, as on a slow disk. Lets a test land a notice mid-write.
@@ -91,7 +99,20 @@ class SnapshotBuffers:
         self._buffers: dict[str, torch.Tensor] = {}
 
     def copy(self, tree: Any, key: str = "") -> Any:
-        """A copy of `tree` whose tensors live in this object's CPU buffers."""
+        """A copy of `tree` whose tensors live in this object's CPU buffers (a DTensor's
+        copy: this rank's shard, still placed in the same mesh)."""
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(tree, DTensor):
+            local = self.copy(tree.to_local(), key)
+            return DTensor.from_local(
+                local,
+                tree.device_mesh,
+                tree.placements,
+                shape=tree.shape,
+                stride=tree.stride(),
+                run_check=False,
+            )
         if isinstance(tree, torch.Tensor):
             buf = self._buffers.get(key)
             if buf is None or buf.shape != tree.shape or buf.dtype != tree.dtype:
@@ -153,10 +174,14 @@ class PendingCheckpoint:
 
 @dataclass
 class CheckpointWriter:
-    """Writes one rank's part of a checkpoint to local staging, off the training thread."""
+    """Writes one rank's part of a checkpoint to local staging, off the training thread.
+
+    `group` is the process group of DCP's collectives (a gloo group of its own, as they run
+    on this thread while training goes on); None on a single worker."""
 
     staging: Path
     rank: int
+    group: Any = None
     pending: PendingCheckpoint | None = field(default=None, init=False)
     buffers: SnapshotBuffers = field(default_factory=SnapshotBuffers, init=False)
 
@@ -168,13 +193,15 @@ class CheckpointWriter:
     def start(
         self,
         step: int,
+        shards: dict[str, torch.Tensor] | None,
         files: dict[str, Any],
         meta: dict[str, Any] | None,
         stall_s: float,
         metrics: dict[str, Any],
         evaluation: dict[str, float] | None = None,
     ) -> None:
-        """Begin writing `files` ({name: object to torch.save}) for checkpoint `step`.
+        """Begin writing checkpoint `step`: `shards` through DCP (a collective: every rank
+        passes its part, or every rank None), `files` ({name: object to torch.save}).
 
         `meta` (rank 0 only) becomes `spotray.json`, with the write time filled in.
         """
@@ -188,6 +215,10 @@ class CheckpointWriter:
             t0 = time.perf_counter()
             try:
                 folder.mkdir(parents=True, exist_ok=True)
+                if shards is not None:
+                    from spotray import tensors  # torch.distributed.checkpoint: workers only
+
+                    tensors.save(shards, folder, self.group)
                 for name, obj in files.items():
                     torch.save(obj, folder / name)
                 time.sleep(float(os.environ.get(SLOW_WRITE_ENV) or 0))
@@ -197,9 +228,9 @@ class CheckpointWriter:
                         meta, write_seconds=round(pending.write_s, 4), stall_seconds=round(stall_s, 4)
                     )
                     (folder / META_FILE).write_text(json.dumps(body, indent=2))
-                sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
+                listing = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in folder.iterdir()}
                 # The manifest is written last: its presence says this rank's files are whole.
-                (folder / manifest_file(self.rank)).write_text(json.dumps(sizes))
+                (folder / manifest_file(self.rank)).write_text(json.dumps(listing))
             except BaseException as err:  # handed to the training thread in wait()
                 pending.error = err
 
@@ -216,6 +247,14 @@ class CheckpointWriter:
         if pending.error is not None:
             raise pending.error
         return pending
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------
@@ -252,14 +291,19 @@ def inspect(location: Location, step: int) -> StoredCheckpoint:
     reading = META_FILE
     try:
         meta = _read_json(fs, f"{location.path}/{META_FILE}")
+        version = meta.get("format")
+        if isinstance(version, int) and version < FORMAT_VERSION:  # refused, with the reason, on load
+            return StoredCheckpoint(location, step, meta, None)
         for rank in range(int(meta["world_size"])):
             reading = manifest_file(rank)
             if reading not in sizes:
                 return StoredCheckpoint(location, step, meta, f"no {reading}")
-            for name, size in _read_json(fs, f"{location.path}/{reading}").items():
-                if sizes.get(name) != size:
+            for name, listed in _read_json(fs, f"{location.path}/{reading}").items():
+                if sizes.get(name) != listed["size"]:
                     got = sizes.get(name, "missing")
-                    return StoredCheckpoint(location, step, meta, f"{name}: {got} bytes, expected {size}")
+                    return StoredCheckpoint(
+                        location, step, meta, f"{name}: {got} bytes, expected {listed['size']}"
+                    )
     except (ValueError, KeyError, TypeError, OSError) as err:
         return StoredCheckpoint(location, step, None, f"{reading} unreadable: {err}")
     return StoredCheckpoint(location, step, meta, None)
@@ -280,6 +324,22 @@ def scan(run: Location) -> list[StoredCheckpoint]:
     return sorted(found, key=lambda c: c.step)
 
 
+def verify(checkpoint: StoredCheckpoint) -> str | None:
+    """Read every file of a complete checkpoint against its manifest's SHA-256: why it must
+    not be loaded (a flipped byte, a file rewritten in place), or None."""
+    location = checkpoint.location
+    world = int((checkpoint.meta or {}).get("world_size", 0))
+    for rank in range(world):
+        for name, listed in _read_json(location.fs, f"{location.path}/{manifest_file(rank)}").items():
+            digest = hashlib.sha256()
+            with location.fs.open_input_stream(f"{location.path}/{name}") as f:
+                while chunk := f.read(1 << 22):
+                    digest.update(chunk)
+            if digest.hexdigest() != listed["sha256"]:
+                return f"{name} does not match its checksum"
+    return None
+
+
 def latest(run: Location) -> StoredCheckpoint | None:
     """The newest complete checkpoint of the run, or None."""
     complete = [c for c in scan(run) if c.complete]
@@ -291,6 +351,17 @@ def load_file(checkpoint: Location, name: str, map_location: str | torch.device 
     with checkpoint.fs.open_input_file(f"{checkpoint.path}/{name}") as f:
         buffer = io.BytesIO(f.read())
     return torch.load(buffer, map_location=map_location, weights_only=True)
+
+
+def local_folder(checkpoint: Location, cache: Path) -> Path:
+    """The checkpoint as a local folder for DCP's reader: itself on local storage, else a
+    copy under `cache` (every file: a rank may need any shard when the world size changed)."""
+    if isinstance(checkpoint.fs, pafs.LocalFileSystem):
+        return Path(checkpoint.path)
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True)
+    pafs.copy_files(checkpoint.path, str(cache), source_filesystem=checkpoint.fs)
+    return cache
 
 
 def delete(location: Location) -> None:

@@ -87,6 +87,11 @@ class ScalingSection(Section):
     min_workers: int = Field(1, gt=0, description="fewest workers the job runs on")
     max_workers: int = Field(1, gt=0, description="most workers; equal to min_workers for a fixed size")
     use_gpu: bool = Field(False, description="one GPU per worker, NCCL; otherwise CPU and gloo")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="ddp: every worker holds the whole model and optimizer; fsdp: FSDP2 shards "
+        "them over the workers (for a model bigger than one GPU); checkpoints load under either",
+    )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="extra Ray resources per worker, e.g. {spot_slot: 1}"

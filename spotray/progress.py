@@ -149,6 +149,7 @@ class RunState:
         verb = "started" if self.starts == 1 else f"restart {self.starts - 1}:"
         return [
             *(f"removed unusable checkpoint {r}" for r in e.removed),
+            *(f"skipped checkpoint {r}" for r in e.skipped),
             f"{verb} {where} on {e.world_size} worker(s)",
         ]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -98,14 +99,15 @@ def check_workload(cfg: JobConfig) -> tuple[Workload, ModelFacts]:
 
     export_s3_env(cfg.s3)
     workload = load(cfg.workload.entrypoint, cfg.workload.args)
-    return workload, smoke_check(workload, cfg.workload.entrypoint, cfg.seed)
+    return workload, smoke_check(workload, cfg.workload.entrypoint, cfg.seed, cfg.scaling.strategy)
 
 
-def preflight(cfg: JobConfig, fresh: bool, console: Console) -> Preflight:
-    """Check the workload and the run's storage before anything starts."""
+def preflight(
+    cfg: JobConfig, fresh: bool, console: Console, workload: Workload, facts: ModelFacts
+) -> Preflight:
+    """Check the run's storage against the checked workload before anything starts."""
     from spotray.runtime.resume import shape_difference
 
-    workload, facts = check_workload(cfg)
     run = run_location(cfg)
     try:
         if fresh and run.exists():
@@ -275,8 +277,9 @@ def train(
     `progress_every_s` is how often rank 0 reports its step (0: every step). `ray_defaults`
     leaves out spotray's Ray settings and callbacks, for comparisons with Ray alone.
     """
+    workload, facts = check_workload(cfg)  # writes nothing: a bad workload leaves no trace
     stop = stop_step or cfg.optimizer.steps
-    checked = preflight(cfg, fresh, console)
+    checked = preflight(cfg, fresh, console, workload, facts)
     run, existing = checked.run, checked.existing
     resumed = existing.step if existing else None
     if existing is not None and existing.step >= stop:
@@ -365,11 +368,13 @@ def preview(workload: Workload, checkpoint: ckpt.StoredCheckpoint, seed: int) ->
     """The workload's preview of a checkpoint's model, built and loaded here on the CPU."""
     import torch
 
+    from spotray import tensors
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = workload.build_model()
-    state = ckpt.load_file(checkpoint.location, ckpt.STATE_FILE)
-    model.load_state_dict(state["model"])
+    with tempfile.TemporaryDirectory(prefix="spotray-preview-") as cache:
+        tensors.load_model(model, ckpt.local_folder(checkpoint.location, Path(cache) / "checkpoint"))
     model.eval()
     with torch.no_grad():
         return workload.preview(model)

@@ -87,6 +87,13 @@ class Workload:
         """Tokens in one sample, for a tokens/s figure; None shows samples/s."""
         return None
 
+    def shard_units(self, model: torch.nn.Module) -> list[torch.nn.Module] | None:
+        """Under `scaling.strategy: fsdp`, the submodules FSDP2 shards one by one: each
+        unit's parameters are gathered only while it runs, so the largest unit bounds the
+        extra memory. None: the children of the model's largest ModuleList (a transformer's
+        blocks)."""
+        return None
+
 
 @dataclass(frozen=True)
 class ModelFacts:
@@ -157,7 +164,22 @@ def _short(err: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def smoke_check(workload: Workload, entrypoint: str, seed: int) -> ModelFacts:
+def units_to_shard(workload: Workload, model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The units FSDP shards before the root: the workload's `shard_units`, or the children
+    of the ModuleList holding the most parameters; empty when there are none."""
+    import torch
+
+    units = workload.shard_units(model)
+    if units is not None:
+        return list(units)
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
+    if not lists:
+        return []
+    largest = max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
+    return [unit for unit in largest if any(True for _ in unit.parameters())]
+
+
+def smoke_check(workload: Workload, entrypoint: str, seed: int, strategy: str = "ddp") -> ModelFacts:
     """Build the model and compute one loss on two samples, on the CPU, before Ray starts.
 
     Catches what would otherwise fail on every worker after Ray started: a data set that
@@ -193,6 +215,11 @@ def smoke_check(workload: Workload, entrypoint: str, seed: int) -> ModelFacts:
     value = float(loss)
     if not math.isfinite(value):
         raise WorkloadError(f"{name}: loss() of two samples is {value} before any training")
+    if strategy == "fsdp" and not call("shard_units(model)", units_to_shard, workload, model):
+        raise WorkloadError(
+            f"{name}: scaling.strategy fsdp, but {type(model).__name__} has no ModuleList of layers to "
+            "shard and the workload names no shard_units(model): define shard_units, or use ddp"
+        )
     return ModelFacts(
         parameters=sum(p.numel() for p in model.parameters()),
         shapes=model_shapes(model),

@@ -1,7 +1,8 @@
 """The per-worker training loop that Ray Train runs on every rank, for any workload.
 
-Read it top to bottom: set-up (workload, model, optimizer, schedule), resume, then per
-step: the rank's slice of the global batch in micro-batches (DDP syncs on the last), one
+Read it top to bottom: set-up (workload, model, FSDP shards or a DDP replica, optimizer,
+schedule), resume, then per step: the rank's slice of the global batch in micro-batches
+(gradients sync on the last), one
 all-reduce of a few scalars that carries the global loss and every decision that must be
 unanimous (checkpoint due, poll for notices, last checkpoint before a deadline, a request),
 the update, the checkpoint decision, and the hold before a preempted node goes.
@@ -13,7 +14,6 @@ every rank's write is finished.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -33,11 +33,12 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointUploadMode
 
 from spotray import checkpoint as ckpt
-from spotray import preemption
+from spotray import preemption, tensors
 from spotray.config import JobConfig
 from spotray.interval import Observation, policy_for
 from spotray.runtime import messages as msg
-from spotray.runtime.optim import autocast, default_optimizer, schedule
+from spotray.runtime import strategy
+from spotray.runtime.optim import autocast, default_optimizer, schedule, uses_bf16
 from spotray.runtime.order import GlobalOrder, micro_batches, to_device
 from spotray.runtime.resume import Progress, choose_checkpoint, restore
 from spotray.storage import Location, export_s3_env
@@ -48,8 +49,8 @@ logger = logging.getLogger("spotray.runtime")
 
 @dataclass(frozen=True)
 class Trainee:
-    """What a checkpoint saves besides counters and RNG: the bare model, its optimizer and
-    schedule, and the workload's own state."""
+    """What a checkpoint saves besides counters and RNG: the model (bare under DDP, sharded
+    under FSDP), its optimizer and schedule, and the workload's own state."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -89,27 +90,49 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     opt_cfg = cfg.optimizer
     batch = opt_cfg.global_batch_size
 
-    # Set-up: the workload as the driver checked it, the model from the config's seed.
+    # Set-up: the workload as the driver checked it, the model from the config's seed,
+    # sharded before the optimizer is built so that its state is sharded too.
     if os.path.isdir(args.launch_dir):  # relative paths in workload.args mean what they did there
         os.chdir(args.launch_dir)
     export_s3_env(cfg.s3)
     workload = load(cfg.workload.entrypoint, cfg.workload.args, args.launch_dir)
+    fsdp = cfg.scaling.strategy == "fsdp"
+    bf16 = uses_bf16(device, cfg.runtime.precision)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = workload.build_model().to(device)
+    model = workload.build_model()
+    if fsdp:
+        strategy.shard(model, workload, bf16, device)
+    else:
+        model = model.to(device)
     optimizer = workload.build_optimizer(model.parameters()) or default_optimizer(model, opt_cfg)
     scheduler = schedule(optimizer, opt_cfg)
     trainee = Trainee(model, optimizer, scheduler, workload)
+    # DCP's collectives get a gloo group of their own: they run on the writer's thread.
+    group = dist.new_group(backend="gloo") if distributed else None
+    staging = staging_dir(args.run, rank)
 
     # Resume: the newest complete checkpoint in storage, or a fresh start.
     decision = choose_checkpoint(args.run, rank)
-    progress = restore(decision, model, optimizer, scheduler, workload, cfg.seed, world, rank, device)
+    progress = restore(
+        decision,
+        model,
+        optimizer,
+        scheduler,
+        workload,
+        cfg.seed,
+        world,
+        rank,
+        device,
+        group,
+        cache=staging.with_name(f"restore-rank{rank}"),
+    )
     resume = decision.checkpoint
 
-    ddp = ray.train.torch.prepare_model(model)
-    amp = autocast(device, cfg.runtime.precision)
+    wrapped = strategy.wrap(model, cfg.scaling.strategy)
+    amp = autocast(device, bf16 and not fsdp)  # FSDP's mixed-precision policy casts instead
     order = GlobalOrder(workload.num_samples(), batch, cfg.seed)
     tokens = workload.tokens_per_sample()
-    writer = ckpt.CheckpointWriter(staging_dir(args.run, rank), rank)
+    writer = ckpt.CheckpointWriter(staging, rank, group)
     policy = policy_for(cfg.checkpoint.interval, cfg.checkpoint.prior_mtbf_hours)
     failures, exposure_s = _failures(args.hub)
     next_due = progress.step + policy.next_interval(None)
@@ -139,6 +162,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             resumed_from=resume.location.uri if resume else None,
             recovered_unregistered=resume is not None and not decision.registered,
             removed=list(decision.removed),
+            skipped=list(decision.skipped),
             pid=os.getpid(),
         )
     )
@@ -170,18 +194,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         step = progress.step + 1
 
         # The step's gradients: this rank's slice of the global batch, in micro-batches.
-        ddp.train()
+        wrapped.train()
         micro = micro_batches(
             order, step, rank, world, opt_cfg.micro_batch_size, workload.sample, workload.collate
         )
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for i, (size, part) in enumerate(micro):
             part = to_device(part, device)
-            sync = i == len(micro) - 1 or not hasattr(ddp, "no_sync")
-            with contextlib.nullcontext() if sync else ddp.no_sync():
+            with strategy.gradient_sync(wrapped, sync=i == len(micro) - 1):
                 with amp:
-                    loss = workload.loss(ddp, part)
-                # Scaled so that DDP's mean over ranks is the mean over the global batch,
+                    loss = workload.loss(wrapped, part)
+                # Scaled so that the mean over ranks is the mean over the global batch,
                 # whatever the world size and however unevenly the batch divides.
                 (loss * (size * world / batch)).backward()
             loss_sum += loss.detach().double() * size
@@ -234,7 +257,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         # The update, unless the step went wrong: then nothing of it is saved.
         norm = (
-            torch.nn.utils.clip_grad_norm_(ddp.parameters(), opt_cfg.grad_clip)
+            strategy.total_norm(torch.nn.utils.clip_grad_norm_(wrapped.parameters(), opt_cfg.grad_clip))
             if opt_cfg.grad_clip > 0
             else None
         )
@@ -267,7 +290,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if writer.pending is not None and (all_ready or due or urgent):
             commit(writer.wait())
         if due or urgent:
-            if due and not urgent and rank == 0:
+            if due and not urgent and (rank == 0 or fsdp):  # FSDP's forward takes every rank
                 evaluation = _evaluate(workload, model)
             report = msg.CheckpointReport(
                 step=step,
@@ -380,13 +403,13 @@ def _start_checkpoint(
 ) -> float:
     """Snapshot this rank's state and start writing it; returns the seconds it stalled."""
     t0 = time.perf_counter()
-    model, optimizer = state.model, state.optimizer
+    shards, rest = tensors.split(tensors.training_state(state.model, state.optimizer))
+    shards = writer.buffers.copy(shards)
     files: dict[str, Any] = {ckpt.rng_file(rank): ckpt.rng_state()}
     meta = None
-    if rank == 0:  # model and optimizer are replicas under DDP: one copy is enough
-        files[ckpt.STATE_FILE] = {
-            "model": writer.buffers.copy(model.state_dict(), "model"),
-            "optimizer": writer.buffers.copy(optimizer.state_dict(), "optimizer"),
+    if rank == 0:
+        files[tensors.TRAINER_FILE] = {
+            "rest": rest,  # the optimizer's param groups: the same on every rank
             "scheduler": state.scheduler.state_dict(),
             "workload": state.workload.state_dict(),
             "progress": progress.as_dict(),
@@ -398,6 +421,7 @@ def _start_checkpoint(
             "step": progress.step,
             "samples": progress.samples,
             "world_size": world,
+            "strategy": cfg.scaling.strategy,
             "loss": progress.loss,
             "evaluation": evaluation,
             "wall_time_s": round(progress.elapsed_s, 3),
@@ -409,5 +433,5 @@ def _start_checkpoint(
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     stall = time.perf_counter() - t0
-    writer.start(progress.step, files, meta, stall, report.as_metrics(), evaluation)
+    writer.start(progress.step, shards, files, meta, stall, report.as_metrics(), evaluation)
     return stall

@@ -41,6 +41,7 @@ class Started(Event):
     resumed_from: str | None  # the checkpoint's URI; None from scratch
     recovered_unregistered: bool  # complete in storage, unknown to Ray: adopted
     removed: list[str]  # "uri: why" for checkpoint folders that could never be loaded
+    skipped: list[str]  # "uri: why" for complete ones that failed their checksums, kept
     pid: int
 
 

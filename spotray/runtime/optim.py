@@ -46,11 +46,15 @@ def apply_current_lr(
         group["lr"] = peak * factor(scheduler.last_epoch)  # as LambdaLR computes it
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """The forward pass's precision: bf16 autocast (fp32 weights and optimizer state) on GPUs
-    that have it when `auto`; fp32 on CPU, where bf16 is slower and resumes must be bit-exact.
-    Decided once per run: the context can be entered again after each exit (not nested)."""
-    bf16 = precision == "bf16" or (
+def uses_bf16(device: torch.device, precision: str) -> bool:
+    """bf16 compute (fp32 weights and optimizer state) on GPUs that have it when `auto`; fp32
+    on CPU, where bf16 is slower and resumes must be bit-exact."""
+    return precision == "bf16" or (
         precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
     )
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    """The forward pass's precision under DDP. Decided once per run: the context can be
+    entered again after each exit (not nested)."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from ray.train import Checkpoint, CheckpointConsistencyMode, CheckpointUploadMode
 
 from spotray import checkpoint as ckpt
+from spotray import tensors
 from spotray.errors import CheckpointMismatchError
 from spotray.storage import Location
 from spotray.workload import Workload
@@ -43,6 +45,7 @@ class Resume:
     checkpoint: ckpt.StoredCheckpoint | None
     registered: bool  # whether Ray Train already knows this checkpoint
     removed: tuple[str, ...] = ()  # "uri: why" for folders that could never be loaded
+    skipped: tuple[str, ...] = ()  # "uri: why" for complete ones that failed verification
 
 
 def worker_seed(seed: int, step: int, rank: int) -> int:
@@ -56,11 +59,13 @@ def seed_rank(seed: int, step: int, rank: int) -> None:
 
 
 def choose_checkpoint(run: Location, rank: int) -> Resume:
-    """Agree on the checkpoint to resume from: the newest complete one in storage.
+    """Agree on the checkpoint to resume from: the newest complete one in storage whose
+    files match their checksums.
 
     Rank 0 decides and removes what can never be loaded: torn folders, and complete ones
     that Ray does not know and that are older than the one chosen, which no retention would
-    ever delete. Every rank gets the same answer.
+    ever delete. One that fails its checksums is skipped and kept (a read error looks the
+    same). Every rank gets the same answer.
 
     The broadcast carries plain values (step, registered), not a `Resume`: Ray's
     synchronization actor is a fresh process for every worker group, and unpickling spotray's
@@ -75,24 +80,40 @@ def choose_checkpoint(run: Location, rank: int) -> Resume:
             )
         }
         stored = ckpt.scan(run)
-        complete = [c for c in stored if c.complete]
-        newest = complete[-1] if complete else None
+        newest, skipped = _newest_verified([c for c in stored if c.complete])
         removed = []
         for c in stored:
-            if c is newest or c.location.path.rstrip("/") in registered:
+            if c is newest or c.location.path.rstrip("/") in registered or c.location.uri in skipped:
                 continue
             why = c.problem or f"complete but never registered by Ray, older than step {newest.step}"
             logger.warning("removing checkpoint %s: %s", c.location.uri, why)
             ckpt.delete(c.location)
             removed.append(f"{c.location.uri}: {why}")
         known = newest is not None and newest.location.path.rstrip("/") in registered
-        resume = Resume(newest, known, tuple(removed))
+        resume = Resume(newest, known, tuple(removed), tuple(f"{u}: {why}" for u, why in skipped.items()))
     step, known = ray.train.collective.broadcast_from_rank_zero(
         (resume.checkpoint.step if resume.checkpoint else None, resume.registered)
     )
     if rank == 0 or step is None:
         return resume
     return Resume(ckpt.inspect(run.join(ckpt.dir_name(step)), step), known)
+
+
+def _newest_verified(
+    complete: list[ckpt.StoredCheckpoint],
+) -> tuple[ckpt.StoredCheckpoint | None, dict[str, str]]:
+    """The newest checkpoint whose files match their checksums, and why newer ones did not."""
+    skipped: dict[str, str] = {}
+    for c in reversed(complete):
+        try:
+            why = ckpt.verify(c)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            why = f"unreadable: {err}"
+        if why is None:
+            return c, skipped
+        logger.warning("skipping checkpoint %s: %s", c.location.uri, why)
+        skipped[c.location.uri] = why
+    return None, skipped
 
 
 def check_model(meta: dict[str, Any], model: torch.nn.Module, where: str) -> None:
@@ -139,8 +160,14 @@ def restore(
     world: int,
     rank: int,
     device: torch.device,
+    group: Any,
+    cache: Path,
 ) -> Progress:
-    """Load the chosen checkpoint (or seed a fresh start); returns where training stands."""
+    """Load the chosen checkpoint (or seed a fresh start); returns where training stands.
+
+    A collective: every rank loads its part of the tensors over `group`, resharded when the
+    checkpoint was written by another world size or strategy. `cache` holds a local copy of
+    a checkpoint that is not on local storage."""
     from spotray.runtime.optim import apply_current_lr
 
     resume = decision.checkpoint
@@ -149,9 +176,9 @@ def restore(
         return Progress()
     check_model(resume.meta or {}, model, resume.location.uri)
     peaks = [g["initial_lr"] for g in optimizer.param_groups]  # from the current config
-    state = ckpt.load_file(resume.location, ckpt.STATE_FILE, map_location=device)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    folder = ckpt.local_folder(resume.location, cache)
+    state = torch.load(folder / tensors.TRAINER_FILE, map_location=device, weights_only=True)
+    tensors.restore_training_state(model, optimizer, folder, state["rest"], group)
     scheduler.load_state_dict(state["scheduler"])
     apply_current_lr(optimizer, scheduler, peaks)
     workload.load_state_dict(state["workload"])

@@ -12,6 +12,7 @@ import torch
 from moto.server import ThreadedMotoServer
 
 from spotray import checkpoint as ckpt
+from spotray import tensors
 from tests.conftest import REPO, TEST_CONFIG, free_port, run_spotray, write_config
 
 STEPS = TEST_CONFIG["optimizer"]["steps"]
@@ -19,9 +20,7 @@ BATCH = TEST_CONFIG["optimizer"]["global_batch_size"]
 
 
 def final_state(workdir: Path, step: int = STEPS, run: str = "t") -> dict:
-    return torch.load(
-        workdir / "runs" / run / ckpt.dir_name(step) / ckpt.STATE_FILE, map_location="cpu", weights_only=True
-    )
+    return tensors.read_state(workdir / "runs" / run / ckpt.dir_name(step))
 
 
 def assert_bit_identical(a: dict, b: dict) -> None:

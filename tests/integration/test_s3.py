@@ -57,9 +57,7 @@ def test_train_on_s3_data_kill_a_worker_resume_from_s3(reference, s3: str, tmp_p
 
     # The final state, read back from S3, equals the local uninterrupted run's.
     local_copy = tmp_path / "copy" / "runs" / "t" / ckpt.dir_name(STEPS)
-    local_copy.mkdir(parents=True)
-    final = run.join(ckpt.dir_name(STEPS))
-    (local_copy / ckpt.STATE_FILE).write_bytes(final.fs.open_input_stream(f"{final.path}/state.pt").read())
+    ckpt.local_folder(run.join(ckpt.dir_name(STEPS)), local_copy)
     assert_bit_identical(final_state(tmp_path / "copy"), final_state(reference[0]))
 
     # A second run finds the finished run on S3 and has nothing to do.

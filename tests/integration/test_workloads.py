@@ -1,8 +1,10 @@
-"""spotray's guarantees for a workload it has never seen: the Hugging Face example, copied into
-a folder of its own and run from there, as a user runs theirs.
+"""spotray's guarantees for a workload it has never seen, sharded: the Hugging Face example,
+copied into a folder of its own and run from there as a user runs theirs, with
+`scaling.strategy: fsdp` (the built-in GPT's tests run under DDP).
 
 Exact resume (stopped and started again, a worker SIGKILLed), 0 steps lost to an announced
-preemption, and the elastic 3 -> 2 -> 3 trajectory hold as they do for the built-in GPT.
+preemption, the elastic 3 -> 2 -> 3 trajectory, and a resume on another world size from a
+sharded checkpoint.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 
 from spotray import checkpoint as ckpt
+from spotray import tensors
 from tests.conftest import REPO, deep_merge, run_spotray, spotray_env
 from tests.integration.conftest import assert_bit_identical, assert_same_trajectory
 from tests.integration.faults import complete_checkpoint, train_killing_a_worker
@@ -41,7 +43,7 @@ HF_JOB: dict[str, Any] = {
         "lr": 3e-3,
         "warmup_steps": 5,
     },
-    "scaling": {"min_workers": 2, "max_workers": 2},
+    "scaling": {"min_workers": 2, "max_workers": 2, "strategy": "fsdp"},
     "checkpoint": {"storage_path": "./runs", "interval": 10, "keep": 10},
     "failure": {"max_failures": 2},
 }
@@ -56,8 +58,7 @@ def hf_folder(folder: Path, update: dict[str, Any] | None = None) -> Path:
 
 
 def state(folder: Path, step: int = STEPS, run: str = "hf") -> dict:
-    path = folder / "runs" / run / ckpt.dir_name(step) / ckpt.STATE_FILE
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return tensors.read_state(folder / "runs" / run / ckpt.dir_name(step))
 
 
 def meta(folder: Path, step: int = STEPS) -> dict:
@@ -72,7 +73,7 @@ def train(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def hf_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted 2-worker run of the Hugging Face workload."""
+    """An uninterrupted 2-worker run of the Hugging Face workload, sharded."""
     folder = hf_folder(tmp_path_factory.mktemp("hf-reference"))
     result = train(folder)
     assert f"done: hf at step {STEPS}" in result.stdout
@@ -94,6 +95,25 @@ def test_stopped_started_again_and_a_killed_worker_end_exactly_as_one_run(
     assert "restart 1: from step" in text
     assert meta(folder)["loss"] == meta(hf_reference)["loss"]
     assert_bit_identical(state(folder), state(hf_reference))
+
+
+def test_sharded_on_two_workers_resumes_on_one(tmp_path: Path) -> None:
+    """FSDP on 2 workers writes a DCP checkpoint (an index and one shard per rank); the same
+    run resumes from it on 1 worker and ends at its last step."""
+    folder = hf_folder(tmp_path / "mine")
+    train(folder, "--steps", "20")
+    names = sorted(p.name for p in (folder / "runs" / "hf" / ckpt.dir_name(20)).iterdir())
+    assert tensors.METADATA_FILE in names
+    assert [n for n in names if n.endswith(".distcp")] == [tensors.shard_file(0), tensors.shard_file(1)]
+
+    (folder / "job.yaml").write_text(
+        yaml.safe_dump(deep_merge(HF_JOB, {"scaling": {"min_workers": 1, "max_workers": 1}}))
+    )
+    result = train(folder)
+    assert "started from step 20 on 1 worker(s)" in result.stdout
+    assert f"done: hf at step {STEPS}" in result.stdout
+    assert meta(folder)["world_size"] == 1 and meta(folder)["step"] == STEPS
+    assert meta(folder)["loss"] < meta(folder, 20)["loss"], "it goes on learning"
 
 
 def test_announced_preemption_and_elastic_three_two_three(tmp_path: Path) -> None:

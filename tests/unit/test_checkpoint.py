@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from spotray import checkpoint as ckpt
+from spotray import tensors
 from spotray.storage import Location
 
 
@@ -29,9 +30,9 @@ def write(staging: Path, step: int, world: int = 2) -> Path:
         files = {ckpt.rng_file(rank): ckpt.rng_state()}
         meta = None
         if rank == 0:
-            files[ckpt.STATE_FILE] = {"model": {"w": torch.full((4,), float(step))}}
-            meta = {"step": step, "world_size": world, "loss": 1.0}
-        writer.start(step, files, meta, stall_s=0.01, metrics={"step": step})
+            files[tensors.TRAINER_FILE] = {"model": {"w": torch.full((4,), float(step))}}
+            meta = {"format": ckpt.FORMAT_VERSION, "step": step, "world_size": world, "loss": 1.0}
+        writer.start(step, None, files, meta, stall_s=0.01, metrics={"step": step})
         pending = writer.wait()
         for item in pending.folder.iterdir():  # the storage upload: ranks merge into one folder
             dest = staging / "run" / ckpt.dir_name(step)
@@ -49,7 +50,8 @@ def test_complete_checkpoint_is_found_with_its_metadata(tmp_path: Path) -> None:
     assert newest is not None and newest.step == 20
     assert newest.meta["loss"] == 1.0 and newest.meta["write_seconds"] >= 0
     assert newest.meta["stall_seconds"] == 0.01
-    state = ckpt.load_file(newest.location, ckpt.STATE_FILE)
+    assert ckpt.verify(newest) is None
+    state = ckpt.load_file(newest.location, tensors.TRAINER_FILE)
     assert state["model"]["w"].tolist() == [20.0] * 4
 
 
@@ -59,7 +61,7 @@ def test_complete_checkpoint_is_found_with_its_metadata(tmp_path: Path) -> None:
         (lambda d: (d / ckpt.manifest_file(1)).unlink(), "no manifest-rank1.json"),
         (lambda d: (d / ckpt.META_FILE).unlink(), "no spotray.json"),
         (lambda d: (d / ckpt.rng_file(1)).unlink(), "rng-rank1.pt: missing"),
-        (lambda d: os.truncate(d / ckpt.STATE_FILE, 10), "state.pt: 10 bytes"),
+        (lambda d: os.truncate(d / tensors.TRAINER_FILE, 10), "trainer.pt: 10 bytes"),
         (lambda d: (d / ckpt.META_FILE).write_text("{"), "spotray.json"),
     ],
     ids=["rank 1 never uploaded", "no metadata", "file missing", "file cut short", "metadata garbled"],
@@ -79,17 +81,17 @@ from pathlib import Path
 from spotray import checkpoint as ckpt
 writer = ckpt.CheckpointWriter(Path(sys.argv[1]), 0)
 big = torch.zeros(150_000_000)  # 600 MB: long enough to be killed in the middle
-writer.start(30, {ckpt.STATE_FILE: {"model": {"w": big}}, ckpt.rng_file(0): ckpt.rng_state()},
-             {"step": 30, "world_size": 1}, stall_s=0.0, metrics={})
+writer.start(30, {"model/w": big}, {ckpt.rng_file(0): ckpt.rng_state()},
+             {"format": ckpt.FORMAT_VERSION, "step": 30, "world_size": 1}, stall_s=0.0, metrics={})
 writer.wait()
 """
 
 
 def test_kill_during_write_leaves_a_torn_checkpoint(tmp_path: Path) -> None:
-    """SIGKILL the writing process while state.pt is half written: the folder never counts."""
+    """SIGKILL the writing process while its shard is half written: the folder never counts."""
     staging = tmp_path / "staging"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(staging)])
-    state = staging / ckpt.dir_name(30) / ckpt.STATE_FILE
+    state = staging / ckpt.dir_name(30) / tensors.shard_file(0)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (state.exists() and state.stat().st_size > 1_000_000):
         time.sleep(0.005)
@@ -105,3 +107,18 @@ def test_metadata_is_plain_json(tmp_path: Path) -> None:
     folder = write(tmp_path, 5, world=1)
     meta = json.loads((folder / ckpt.META_FILE).read_text())
     assert meta["step"] == 5 and meta["world_size"] == 1
+
+
+def test_a_flipped_byte_fails_verification_and_the_one_before_is_used(tmp_path: Path) -> None:
+    """Same size, other content: only the checksum can tell."""
+    write(tmp_path, 10)
+    folder = write(tmp_path, 20)
+    data = bytearray((folder / tensors.TRAINER_FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / tensors.TRAINER_FILE).write_bytes(bytes(data))
+    run = local(tmp_path / "run")
+    flipped = ckpt.latest(run)
+    assert flipped.step == 20, "same sizes: the scan alone cannot see it"
+    assert ckpt.verify(flipped) == "trainer.pt does not match its checksum"
+    older = next(c for c in ckpt.scan(run) if c.step == 10)
+    assert ckpt.verify(older) is None

@@ -60,6 +60,7 @@ BAD_CONFIGS = [
     ),
     ("fallback wait not positive", {"scaling": {"on_demand_after_s": 0}}, ["scaling.on_demand_after_s"]),
     (
+        "unknown strategy",
         {"scaling": {"strategy": "zero3"}},
         ["scaling.strategy", "'ddp' or 'fsdp'", "'zero3'"],
     ),

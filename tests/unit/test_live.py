@@ -80,7 +80,7 @@ def test_spot_node_without_a_price_is_an_estimate() -> None:
 
 def test_run_state_counts_lost_steps_and_time() -> None:
     def start(step: int, world: int, at: float) -> msg.Started:
-        return msg.Started(step, world, 1, None if step == 0 else "x", False, [], 1, time=at)
+        return msg.Started(step, world, 1, None if step == 0 else "x", False, [], [], 1, time=at)
 
     state = RunState(total=100)
     state.fold(None, [start(0, 2, 0.0)])

@@ -6,7 +6,14 @@ from __future__ import annotations
 import torch
 
 from spotray.config import OptimizerSection
-from spotray.runtime.optim import apply_current_lr, autocast, default_optimizer, lr_factor, schedule
+from spotray.runtime.optim import (
+    apply_current_lr,
+    autocast,
+    default_optimizer,
+    lr_factor,
+    schedule,
+    uses_bf16,
+)
 from train.gpt import GPTWorkload
 
 
@@ -18,7 +25,7 @@ def tiny_model() -> torch.nn.Module:
 def logits_dtype(precision: str) -> torch.dtype:
     model = tiny_model()
     x = torch.randint(0, 256, (2, 16))
-    with autocast(torch.device("cpu"), precision):
+    with autocast(torch.device("cpu"), uses_bf16(torch.device("cpu"), precision)):
         logits, loss = model(x, x)
     assert loss is not None and torch.isfinite(loss)
     return logits.dtype
@@ -37,7 +44,7 @@ def test_one_context_serves_every_micro_batch() -> None:
     """The loop decides the precision once and enters the same context at every forward."""
     model = tiny_model()
     x = torch.randint(0, 256, (2, 16))
-    amp = autocast(torch.device("cpu"), "bf16")
+    amp = autocast(torch.device("cpu"), bf16=True)
     for _ in range(3):
         with amp:
             logits, _ = model(x, x)

@@ -124,3 +124,40 @@ def test_a_workload_with_a_bad_loss_in_its_own_folder_is_exit_2_before_ray(tmp_p
         "error: workload mine:Mine: loss() must return a scalar tensor (the mean), got (2, 1)"
     ]
     assert not (tmp_path / "runs").exists()
+
+
+class Stacked(Linear):
+    def build_model(self) -> torch.nn.Module:
+        model = torch.nn.Module()
+        model.blocks = torch.nn.ModuleList(torch.nn.Linear(3, 3) for _ in range(2))
+        model.small = torch.nn.ModuleList([torch.nn.Linear(3, 1)])
+        model.forward = lambda x: model.small[0](model.blocks[1](model.blocks[0](x)))
+        return model
+
+
+class Units(Linear):
+    def shard_units(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        return [model]
+
+
+def test_fsdp_shards_the_largest_module_list_or_the_workloads_units() -> None:
+    from spotray.workload import units_to_shard
+
+    torch.manual_seed(0)
+    model = Stacked().build_model()
+    assert units_to_shard(Stacked(), model) == list(model.blocks)
+    assert smoke_check(Stacked(), "m:Stacked", seed=0, strategy="fsdp").parameters == 28
+    linear = Units().build_model()
+    assert units_to_shard(Units(), linear) == [linear]
+
+
+def test_fsdp_with_nothing_to_shard_is_one_line() -> None:
+    """A model with no ModuleList and no shard_units: FSDP would gather the whole model at
+    once in every forward, so the peak holds it whole; say so before Ray starts."""
+    smoke_check(Linear(), "m:Linear", seed=0, strategy="ddp")
+    with pytest.raises(WorkloadError) as err:
+        smoke_check(Linear(), "m:Linear", seed=0, strategy="fsdp")
+    assert str(err.value) == (
+        "workload m:Linear: scaling.strategy fsdp, but Linear has no ModuleList of layers to shard and "
+        "the workload names no shard_units(model): define shard_units, or use ddp"
+    )
