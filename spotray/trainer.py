@@ -23,6 +23,7 @@ import ray
 from rich.console import Console
 
 from spotray import checkpoint as ckpt
+from spotray import runlock
 from spotray.config import JobConfig
 from spotray.cost.ledger import RunRecorder, current_cluster
 from spotray.errors import CheckpointMismatchError, Interrupted, SpotrayError, TrainingStopped
@@ -278,70 +279,75 @@ def train(
     leaves out spotray's Ray settings and callbacks, for comparisons with Ray alone.
     """
     workload, facts = check_workload(cfg)  # writes nothing: a bad workload leaves no trace
-    stop = stop_step or cfg.optimizer.steps
-    checked = preflight(cfg, fresh, console, workload, facts)
-    run, existing = checked.run, checked.existing
-    resumed = existing.step if existing else None
-    if existing is not None and existing.step >= stop:
-        console.print(f"{run.uri} is already at step {existing.step}: nothing to train (--steps N goes on)")
-        return _summary(cfg, run, RunState(total=stop, step=existing.step), 0.0, resumed, checked.workload)
+    with runlock.hold(run_location(cfg), cfg.name):  # before --fresh deletes anything
+        stop = stop_step or cfg.optimizer.steps
+        checked = preflight(cfg, fresh, console, workload, facts)
+        run, existing = checked.run, checked.existing
+        resumed = existing.step if existing else None
+        if existing is not None and existing.step >= stop:
+            console.print(
+                f"{run.uri} is already at step {existing.step}: nothing to train (--steps N goes on)"
+            )
+            return _summary(
+                cfg, run, RunState(total=stop, step=existing.step), 0.0, resumed, checked.workload
+            )
 
-    console.print(f"[bold]{cfg.name}[/]: training to step {stop}, checkpoints in {run.uri}")
-    start_ray(cfg, attach, log_to_driver)
-    if not ray_defaults:
-        for key, value in RAY_TRAIN_SETTINGS.items():
-            os.environ.setdefault(key, value)
-    hub = hub or start_hub()
-    state = RunState(total=stop)
-    t0 = time.perf_counter()
-    done = threading.Event()
+        console.print(f"[bold]{cfg.name}[/]: training to step {stop}, checkpoints in {run.uri}")
+        start_ray(cfg, attach, log_to_driver)
+        if not ray_defaults:
+            for key, value in RAY_TRAIN_SETTINGS.items():
+                os.environ.setdefault(key, value)
+        hub = hub or start_hub()
+        state = RunState(total=stop)
+        t0 = time.perf_counter()
+        done = threading.Event()
 
-    with ProgressView(state, console) as view:
-        # Starts, checkpoints and the watchers' notices, for the bill's lost work.
-        gcs = ray.get_runtime_context().gcs_address
-        cluster = current_cluster()
-        recorder = RunRecorder(cfg.name, cluster, notices=lambda: read_notices(gcs))
-        metrics = RunMetrics(cfg.name, cluster, gcs, state)
-        followers = [view.update, recorder, metrics, *([observer] if observer else [])]
+        with ProgressView(state, console) as view:
+            # Starts, checkpoints and the watchers' notices, for the bill's lost work.
+            gcs = ray.get_runtime_context().gcs_address
+            cluster = current_cluster()
+            recorder = RunRecorder(cfg.name, cluster, notices=lambda: read_notices(gcs))
+            metrics = RunMetrics(cfg.name, cluster, gcs, state)
+            followers = [view.update, recorder, metrics, *([observer] if observer else [])]
 
-        def poll() -> None:
-            seen = 0
-            while True:
-                finished = done.is_set()  # one last poll after the end
-                latest, events = ray.get(hub.poll.remote(seen))
-                seen += len(events)
-                for follow in followers:
-                    follow(latest, events)
-                if finished:
-                    break
-                done.wait(POLL_S)
-            metrics.finish()
-            recorder.close()  # in this thread: SQLite connections belong to the thread that made them
+            def poll() -> None:
+                seen = 0
+                while True:
+                    finished = done.is_set()  # one last poll after the end
+                    latest, events = ray.get(hub.poll.remote(seen))
+                    seen += len(events)
+                    for follow in followers:
+                        follow(latest, events)
+                    if finished:
+                        break
+                    done.wait(POLL_S)
+                metrics.finish()
+                recorder.close()  # in this thread: SQLite connections belong to the thread that made them
 
-        poller = threading.Thread(target=poll, name="spotray-progress", daemon=True)
-        poller.start()
-        try:
-            build_trainer(cfg, run, stop, hub, progress_every_s, ray_defaults).fit()
-        except ray.train.TrainingFailedError as err:
-            raise SpotrayError(f"training failed: {_failure_message(err)}") from err
-        except SystemExit:  # Ray Train's SIGINT handler aborts the run, then exits
-            pass
-        finally:
-            done.set()
-            poller.join(timeout=10)
-    last = ckpt.latest(run)
-    if state.stopped is None and (last is None or last.step < stop):  # aborted: Ctrl-C
-        where = f"from step {last.step}" if last else "from scratch (no checkpoint yet)"
-        raise Interrupted(
-            f"{cfg.name} stopped at step {state.step}; run the same command again to resume {where}"
-        )
-    if state.stopped is not None:
-        kept = f"the newest checkpoint is step {last.step}" if last else "no checkpoint was written"
-        raise TrainingStopped(
-            f"{cfg.name} stopped: {state.stopped}, before the update; {kept}. Lower optimizer.lr "
-            "or check the data, then run again to resume"
-        )
-    return _summary(cfg, run, state, time.perf_counter() - t0, resumed, checked.workload)
+            poller = threading.Thread(target=poll, name="spotray-progress", daemon=True)
+            poller.start()
+            try:
+                build_trainer(cfg, run, stop, hub, progress_every_s, ray_defaults).fit()
+            except ray.train.TrainingFailedError as err:
+                raise SpotrayError(f"training failed: {_failure_message(err)}") from err
+            except SystemExit:  # Ray Train's SIGINT handler aborts the run, then exits
+                pass
+            finally:
+                done.set()
+                poller.join(timeout=10)
+        last = ckpt.latest(run)
+        if state.stopped is None and (last is None or last.step < stop):  # aborted: Ctrl-C
+            where = f"from step {last.step}" if last else "from scratch (no checkpoint yet)"
+            raise Interrupted(
+                f"{cfg.name} stopped at step {state.step}; run the same command again to resume {where}"
+            )
+        if state.stopped is not None:
+            kept = f"the newest checkpoint is step {last.step}" if last else "no checkpoint was written"
+            raise TrainingStopped(
+                f"{cfg.name} stopped: {state.stopped}, before the update; {kept}. Lower optimizer.lr "
+                "or check the data, then run again to resume"
+            )
+        return _summary(cfg, run, state, time.perf_counter() - t0, resumed, checked.workload)
 
 
 def _summary(
