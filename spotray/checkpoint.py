@@ -59,7 +59,14 @@ logger = logging.getLogger(__name__)
 # 2: any workload, weights_only; 3: tensors through DCP (any world size, DDP or FSDP), checksums
 FORMAT_VERSION = 3
 META_FILE = "spotray.json"
-DIR_PATTERN = re.compile(r"^checkpoint_(\d+)$")
+DIR_PATTERN = re.compile(r"^checkpoint_(\d{9})$")  # dir_name's; checkpoint_5 is not spotray's
+# What spotray and DCP write into a checkpoint folder: the only files spotray deletes there.
+OWN_FILE = re.compile(
+    r"^(spotray\.json|trainer\.pt|\.metadata(\.tmp)?|__\d+_\d+\.distcp|rng-rank\d+\.pt|manifest-rank\d+\.json)$"
+)
+# What Ray Train writes into the run folder itself; removed with the run by --fresh, as a
+# snapshot naming checkpoints that are gone stops Ray's checkpoint manager at the next start.
+RAY_RUN_FILES = ("checkpoint_manager_snapshot.json", ".validate_storage_marker")
 # Fault injection (`spotray chaos --slow-storage-s`): every write takes this much longer, its
 # manifest held back meanwhile, as on a slow disk. Lets a test land a notice mid-write.
 SLOW_WRITE_ENV = "SPOTRAY_FAULT_SLOW_WRITE_S"
@@ -270,6 +277,7 @@ class StoredCheckpoint:
     step: int
     meta: dict[str, Any] | None  # spotray.json, when it could be read
     problem: str | None  # why it does not count; None for a complete checkpoint
+    unreadable: bool = False  # a read failed (an S3 hiccup, say): maybe whole, never deleted
 
     @property
     def complete(self) -> bool:
@@ -304,7 +312,9 @@ def inspect(location: Location, step: int) -> StoredCheckpoint:
                     return StoredCheckpoint(
                         location, step, meta, f"{name}: {got} bytes, expected {listed['size']}"
                     )
-    except (ValueError, KeyError, TypeError, OSError) as err:
+    except OSError as err:
+        return StoredCheckpoint(location, step, None, f"{reading} unreadable: {err}", unreadable=True)
+    except (ValueError, KeyError, TypeError) as err:
         return StoredCheckpoint(location, step, None, f"{reading} unreadable: {err}")
     return StoredCheckpoint(location, step, meta, None)
 
@@ -364,8 +374,41 @@ def local_folder(checkpoint: Location, cache: Path) -> Path:
     return cache
 
 
-def delete(location: Location) -> None:
+def delete(location: Location) -> list[str]:
+    """Delete the files spotray and DCP write in a checkpoint folder, and the folder once it
+    is empty; returns the names of what else was there, kept."""
     try:
-        location.fs.delete_dir(location.path)
+        listing = location.fs.get_file_info(pafs.FileSelector(location.path))
     except FileNotFoundError:
-        pass
+        return []
+    kept = []
+    for info in listing:
+        name = os.path.basename(info.path)
+        if info.type == pafs.FileType.File and OWN_FILE.match(name):
+            location.fs.delete_file(info.path)
+        else:
+            kept.append(name)
+    if not kept:
+        location.fs.delete_dir(location.path)
+    return kept
+
+
+def delete_run(run: Location) -> list[str]:
+    """`--fresh`: every checkpoint spotray wrote and Ray Train's files for the run, and the
+    run folder once empty; returns the paths (relative to the run) of what else was kept."""
+    kept = []
+    for stored in scan(run):
+        kept += [f"{os.path.basename(stored.location.path)}/{name}" for name in delete(stored.location)]
+    for name in RAY_RUN_FILES:
+        try:
+            run.fs.delete_file(f"{run.path}/{name}")
+        except FileNotFoundError:
+            pass
+    try:
+        rest = run.fs.get_file_info(pafs.FileSelector(run.path))
+    except FileNotFoundError:
+        return kept
+    others = [os.path.basename(i.path) for i in rest if not DIR_PATTERN.match(os.path.basename(i.path))]
+    if not rest:
+        run.fs.delete_dir(run.path)
+    return kept + others

@@ -112,8 +112,10 @@ def preflight(
     run = run_location(cfg)
     try:
         if fresh and run.exists():
-            console.print(f"--fresh: deleting {run.uri}")
-            ckpt.delete(run)
+            console.print(f"--fresh: deleting the checkpoints in {run.uri}")
+            kept = ckpt.delete_run(run)
+            if kept:
+                console.print(f"--fresh: kept what spotray did not write: {', '.join(kept[:5])}")
         existing = ckpt.latest(run)
     except OSError as err:
         raise SpotrayError(f"cannot read checkpoint storage {run.uri}: {err}") from None

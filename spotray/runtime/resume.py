@@ -83,12 +83,13 @@ def choose_checkpoint(run: Location, rank: int) -> Resume:
         newest, skipped = _newest_verified([c for c in stored if c.complete])
         removed = []
         for c in stored:
-            if c is newest or c.location.path.rstrip("/") in registered or c.location.uri in skipped:
+            keep = c is newest or c.unreadable or c.location.uri in skipped
+            if keep or c.location.path.rstrip("/") in registered:
                 continue
             why = c.problem or f"complete but never registered by Ray, older than step {newest.step}"
             logger.warning("removing checkpoint %s: %s", c.location.uri, why)
-            ckpt.delete(c.location)
-            removed.append(f"{c.location.uri}: {why}")
+            kept = ckpt.delete(c.location)
+            removed.append(f"{c.location.uri}: {why}" + (f" (kept {', '.join(kept)})" if kept else ""))
         known = newest is not None and newest.location.path.rstrip("/") in registered
         resume = Resume(newest, known, tuple(removed), tuple(f"{u}: {why}" for u, why in skipped.items()))
     step, known = ray.train.collective.broadcast_from_rank_zero(

@@ -122,3 +122,33 @@ def test_a_flipped_byte_fails_verification_and_the_one_before_is_used(tmp_path: 
     assert ckpt.verify(flipped) == "trainer.pt does not match its checksum"
     older = next(c for c in ckpt.scan(run) if c.step == 10)
     assert ckpt.verify(older) is None
+
+
+def test_fresh_deletes_only_what_spotray_and_ray_wrote(tmp_path: Path) -> None:
+    """A run named like a user's data folder: --fresh takes spotray's checkpoints and Ray's
+    run files, and leaves the user's files where they were."""
+    write(tmp_path, 10)
+    folder = write(tmp_path, 20)
+    run = tmp_path / "run"
+    (run / "corpus.txt").write_text("the user's data")
+    (run / "checkpoint_5").mkdir()
+    (run / "checkpoint_5" / "mine.txt").write_text("not a checkpoint")
+    (folder / "notes.txt").write_text("written by hand into a checkpoint")
+    (run / "checkpoint_manager_snapshot.json").write_text("{}")
+
+    kept = ckpt.delete_run(local(run))
+
+    assert sorted(kept) == ["checkpoint_000000020/notes.txt", "checkpoint_5", "corpus.txt"]
+    assert (run / "corpus.txt").read_text() == "the user's data"
+    assert (run / "checkpoint_5" / "mine.txt").exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    assert not (run / ckpt.dir_name(10)).exists()
+    assert not (run / "checkpoint_manager_snapshot.json").exists()
+    assert ckpt.scan(local(run))[0].problem == "no spotray.json"
+
+
+def test_fresh_on_a_run_of_spotray_alone_leaves_nothing(tmp_path: Path) -> None:
+    write(tmp_path, 10)
+    (tmp_path / "run" / "checkpoint_manager_snapshot.json").write_text("{}")
+    assert ckpt.delete_run(local(tmp_path / "run")) == []
+    assert not (tmp_path / "run").exists()
