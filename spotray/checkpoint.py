@@ -34,6 +34,7 @@ complete checkpoint of either kind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -64,6 +65,7 @@ DIR_PATTERN = re.compile(r"^checkpoint_(\d{9})$")  # dir_name's; checkpoint_5 is
 OWN_FILE = re.compile(
     r"^(spotray\.json|trainer\.pt|\.metadata(\.tmp)?|__\d+_\d+\.distcp|rng-rank\d+\.pt|manifest-rank\d+\.json)$"
 )
+MANIFEST_PATTERN = re.compile(r"^manifest-rank\d+\.json$")
 # What Ray Train writes into the run folder itself; removed with the run by --fresh, as a
 # snapshot naming checkpoints that are gone stops Ray's checkpoint manager at the next start.
 RAY_RUN_FILES = ("checkpoint_manager_snapshot.json", ".validate_storage_marker")
@@ -374,6 +376,19 @@ def local_folder(checkpoint: Location, cache: Path) -> Path:
     return cache
 
 
+def upload(folder: Path, destination: Location) -> None:
+    """Copy a rank's staged part into its checkpoint folder in storage, then drop the staging
+    copy; for the one case Ray Train's upload is not used (spotray.runtime.resume.Resume)."""
+    destination.fs.create_dir(destination.path, recursive=True)
+    pafs.copy_files(
+        str(folder),
+        destination.path,
+        source_filesystem=pafs.LocalFileSystem(),
+        destination_filesystem=destination.fs,
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def delete(location: Location) -> list[str]:
     """Delete the files spotray and DCP write in a checkpoint folder, and the folder once it
     is empty; returns the names of what else was there, kept."""
@@ -381,16 +396,52 @@ def delete(location: Location) -> list[str]:
         listing = location.fs.get_file_info(pafs.FileSelector(location.path))
     except FileNotFoundError:
         return []
+    listed = set()
+    for info in listing:  # what spotray's manifests say it wrote, whatever the names
+        if MANIFEST_PATTERN.match(os.path.basename(info.path)):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                listed |= set(_read_json(location.fs, info.path))
     kept = []
     for info in listing:
         name = os.path.basename(info.path)
-        if info.type == pafs.FileType.File and OWN_FILE.match(name):
+        if info.type == pafs.FileType.File and (OWN_FILE.match(name) or name in listed):
             location.fs.delete_file(info.path)
         else:
             kept.append(name)
     if not kept:
         location.fs.delete_dir(location.path)
     return kept
+
+
+def reconcile_with_ray(run: Location) -> list[str]:
+    """Make the run folder loadable by Ray Train's checkpoint manager again; returns what was
+    done, one line each.
+
+    Ray refuses to start a run whose snapshot (RAY_RUN_FILES[0], a Ray-private JSON file)
+    names a checkpoint folder that is gone ("delete the existing folder"), and fails on a
+    snapshot it cannot parse. A folder removed by hand is put back empty: Ray is satisfied,
+    spotray sees it as torn and resumes from the one before, and the next checkpoint of that
+    step is written into it. An unreadable snapshot is moved aside: Ray starts without it
+    and spotray registers the newest complete checkpoint again.
+    """
+    path = f"{run.path}/{RAY_RUN_FILES[0]}"
+    try:
+        with run.fs.open_input_stream(path) as f:
+            snapshot = json.loads(f.read())
+        names = [r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]]
+    except FileNotFoundError:
+        return []
+    except (ValueError, KeyError, TypeError) as err:
+        aside = f"{path}.unreadable-{int(time.time())}"
+        run.fs.move(path, aside)
+        return [f"Ray's checkpoint list {run.uri}/{RAY_RUN_FILES[0]} was unreadable ({err}): moved aside"]
+    done = []
+    for name in dict.fromkeys(names):
+        folder = run.join(name)
+        if not folder.exists():
+            run.fs.create_dir(folder.path)
+            done.append(f"checkpoint {folder.uri} is gone: resuming from the one before")
+    return done
 
 
 def delete_run(run: Location) -> list[str]:

@@ -111,8 +111,8 @@ class ReportClock(UserCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         global _answered_request, _pace
-        if checkpoint is None:
-            return
+        # With or without a checkpoint: one rewritten in a folder Ray already has is reported
+        # by its metrics alone (spotray.runtime.loop).
         reports = [r for r in map(CheckpointReport.from_metrics, metrics) if r is not None]
         answered = [r.answers_request for r in reports if r.answers_request is not None]
         _answered_request = max([_answered_request, *answered])

@@ -116,6 +116,8 @@ def preflight(
             kept = ckpt.delete_run(run)
             if kept:
                 console.print(f"--fresh: kept what spotray did not write: {', '.join(kept[:5])}")
+        for line in ckpt.reconcile_with_ray(run):
+            console.print(f"[yellow]{line}[/]")
         existing = ckpt.latest(run)
     except OSError as err:
         raise SpotrayError(f"cannot read checkpoint storage {run.uri}: {err}") from None

@@ -169,12 +169,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     def commit(pending: ckpt.PendingCheckpoint) -> None:
         nonlocal last_commit
-        ray.train.report(
-            pending.metrics,
-            checkpoint=Checkpoint.from_directory(str(pending.folder)),
-            checkpoint_dir_name=pending.folder.name,
-            checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
-        )
+        if pending.folder.name in decision.ray_lists:  # see Resume.ray_lists: upload it here
+            ckpt.upload(pending.folder, args.run.join(pending.folder.name))
+            ray.train.report(pending.metrics)
+        else:
+            ray.train.report(
+                pending.metrics,
+                checkpoint=Checkpoint.from_directory(str(pending.folder)),
+                checkpoint_dir_name=pending.folder.name,
+                checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+            )
         last_commit = pending.write_s
         tell(
             msg.Checkpointed(

@@ -46,6 +46,10 @@ class Resume:
     registered: bool  # whether Ray Train already knows this checkpoint
     removed: tuple[str, ...] = ()  # "uri: why" for folders that could never be loaded
     skipped: tuple[str, ...] = ()  # "uri: why" for complete ones that failed verification
+    # Folders Ray Train already lists. A checkpoint written again into one (after a fall-back
+    # past it) is not reported to Ray as a checkpoint a second time: Ray would list the folder
+    # twice, and its retention, deleting the older entry, would delete the newer one's files.
+    ray_lists: frozenset[str] = frozenset()
 
 
 def worker_seed(seed: int, step: int, rank: int) -> int:
@@ -67,7 +71,7 @@ def choose_checkpoint(run: Location, rank: int) -> Resume:
     ever delete. One that fails its checksums is skipped and kept (a read error looks the
     same). Every rank gets the same answer.
 
-    The broadcast carries plain values (step, registered), not a `Resume`: Ray's
+    The broadcast carries plain values (step, registered, folder names), not a `Resume`: Ray's
     synchronization actor is a fresh process for every worker group, and unpickling spotray's
     classes there imported torch, which made each restart 2.5-3 s slower on two cores.
     """
@@ -91,13 +95,16 @@ def choose_checkpoint(run: Location, rank: int) -> Resume:
             kept = ckpt.delete(c.location)
             removed.append(f"{c.location.uri}: {why}" + (f" (kept {', '.join(kept)})" if kept else ""))
         known = newest is not None and newest.location.path.rstrip("/") in registered
-        resume = Resume(newest, known, tuple(removed), tuple(f"{u}: {why}" for u, why in skipped.items()))
-    step, known = ray.train.collective.broadcast_from_rank_zero(
-        (resume.checkpoint.step if resume.checkpoint else None, resume.registered)
+        listed = frozenset(p.rsplit("/", 1)[-1] for p in registered)
+        skips = tuple(f"{u}: {why}" for u, why in skipped.items())
+        resume = Resume(newest, known, tuple(removed), skips, listed)
+    step, known, listed = ray.train.collective.broadcast_from_rank_zero(
+        (resume.checkpoint.step if resume.checkpoint else None, resume.registered, resume.ray_lists)
     )
-    if rank == 0 or step is None:
+    if rank == 0:
         return resume
-    return Resume(ckpt.inspect(run.join(ckpt.dir_name(step)), step), known)
+    found = ckpt.inspect(run.join(ckpt.dir_name(step)), step) if step is not None else None
+    return Resume(found, known, ray_lists=listed)
 
 
 def _newest_verified(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -77,7 +78,8 @@ def stage_newer_checkpoint(source: Path, staging: Path, step: int, padding_bytes
     torch.save(torch.zeros(padding_bytes // 4, dtype=torch.float32), folder / "padding.pt")
     manifest = json.loads((folder / ckpt.manifest_file(0)).read_text())
     for name in (ckpt.META_FILE, "padding.pt"):
-        manifest[name] = (folder / name).stat().st_size
+        body = (folder / name).read_bytes()
+        manifest[name] = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
     (folder / ckpt.manifest_file(0)).write_text(json.dumps(manifest))
     return folder
 

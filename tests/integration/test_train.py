@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from spotray import checkpoint as ckpt
+from spotray import tensors
 from tests.conftest import SPOTRAY, run_spotray, spotray_env, write_config
 from tests.integration.conftest import BATCH, STEPS, assert_bit_identical, assert_same_trajectory, final_state
 from tests.integration.faults import (
@@ -90,8 +92,10 @@ def test_killed_worker_resumes_from_newest_checkpoint_bit_identical(reference, t
 
 def test_stop_and_start_again_is_bit_identical_past_a_torn_upload(reference, tmp_path: Path) -> None:
     """A run stopped at step 60 and started again ends bit-identical to the uninterrupted one,
-    even with a newer checkpoint (80) torn half way through its upload in between: the torn
-    folder is skipped and removed, and the run goes on from 60."""
+    with, in between, a newer checkpoint (80) torn half way through its upload and a byte of
+    checkpoint 60 flipped: the torn folder is removed, 60 is skipped, and the run goes on
+    from 40. Ray's list of checkpoints stays usable: 60, written again, is listed once, and a
+    registered checkpoint deleted by hand costs that checkpoint only."""
     config = write_config(tmp_path)
     first = run_spotray(["train", str(config), "--steps", "60"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -99,12 +103,34 @@ def test_stop_and_start_again_is_bit_identical_past_a_torn_upload(reference, tmp
     staged = stage_newer_checkpoint(run / ckpt.dir_name(60), tmp_path / "staging", 80, 400_000_000)
     kill_during_upload(staged, run / ckpt.dir_name(80))
     assert not complete_checkpoint(run, 80)()
+    flip_a_byte(run / ckpt.dir_name(60) / tensors.shard_file(1))
 
     second = run_spotray(["train", str(config)], cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert "started from step 60" in second.stdout
+    said = second.stdout.replace("\n", "")  # the console wraps long lines, folding long paths
+    assert f"skipped checkpoint {run / ckpt.dir_name(60)}: __1_0.distcp does not match its checksum" in said
+    assert "started from step 40" in second.stdout
     assert not (run / ckpt.dir_name(80) / "padding.pt").exists()  # the torn folder is gone
     assert_bit_identical(final_state(tmp_path), final_state(reference[0]))
+    listed = [
+        r["checkpoint_dir_name"]
+        for r in json.loads((run / ckpt.RAY_RUN_FILES[0]).read_text())["checkpoint_results"]
+    ]
+    assert listed == [ckpt.dir_name(s) for s in range(20, STEPS + 1, 20)], listed
+
+    shutil.rmtree(run / ckpt.dir_name(STEPS))
+    third = run_spotray(["train", str(config), "--steps", str(STEPS + 20)], cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    said = third.stdout.replace("\n", "")
+    assert f"checkpoint {run / ckpt.dir_name(STEPS)} is gone: resuming from the one before" in said
+    assert f"started from step {STEPS - 20}" in third.stdout
+    assert f"done: t at step {STEPS + 20}" in third.stdout
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
 
 
 def test_one_worker_follows_the_two_worker_trajectory(reference, tmp_path: Path) -> None:
