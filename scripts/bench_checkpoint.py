@@ -7,8 +7,11 @@ One process, CPU, no Ray: the quantity is what the training thread waits for.
 - sync: a synchronous DCP save (`torch.distributed.checkpoint.save`) of model + optimizer into
   a staging folder, then the copy to storage that `ray.train.report(checkpoint_upload_mode=SYNC)`
   makes (pyarrow copy_files), both on the training thread, as in Ray Train's examples.
-- async: spotray's `spotray.runtime.loop._start_checkpoint` (copy to CPU memory on the training thread,
-  write in a background thread; Ray's ASYNC upload follows in its own thread).
+- async: spotray's `spotray.runtime.loop._start_checkpoint` (parameters and optimizer state
+  copied to CPU memory by a background thread while the next step's forward and backward run,
+  the update waiting for that copy; then written by the same thread; Ray's ASYNC upload
+  follows in its own thread). Its stall is the training thread's time in `_start_checkpoint`
+  plus its wait before the next update.
 Each round trains a few steps, checkpoints once each way, and records the stall and the
 step time while the background write runs. Prints medians, and a Markdown row with --markdown.
 """
@@ -58,12 +61,16 @@ def main() -> None:
 
     step = 0
 
-    def train_step() -> float:
-        nonlocal step
+    waited = 0.0  # the training thread's wait for the snapshot, before an update
+
+    def train_step(writer: ckpt.CheckpointWriter | None = None) -> float:
+        nonlocal step, waited
         step += 1
         t0 = time.perf_counter()
         for _, part in micro_batches(order, step, 0, 1, 4, workload.sample, workload.collate):
             workload.loss(model, part).backward()
+        if writer is not None:
+            waited += writer.wait_snapshot()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -73,6 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         storage = Path(tmp) / "storage"
         fs = pafs.LocalFileSystem()
+        writer = ckpt.CheckpointWriter(Path(tmp) / "async", rank=0)  # its buffers serve every round
         for _ in range(2):  # warm up allocator and caches
             train_step()
         for r in range(args.rounds):
@@ -92,14 +100,17 @@ def main() -> None:
             sizes.append(sum(f.stat().st_size for f in staged.iterdir()))
 
             # Asynchronous: spotray's path; the upload would follow in Ray's thread.
-            writer = ckpt.CheckpointWriter(Path(tmp) / f"async-{r}", rank=0)
             progress = Progress(step=step, samples=step * 4, elapsed_s=0.0, loss=0.0)
             report = msg.CheckpointReport(step, 0.0, step * 4, 0.0, 1, 0, 0.0)
             trainee = Trainee(model, optimizer, scheduler, workload)
-            async_stalls.append(_start_checkpoint(writer, trainee, progress, cfg, 1, 0, report, {}))
+            waited = 0.0
+            started = _start_checkpoint(writer, trainee, progress, cfg, 1, 0, report, {})
             while writer.pending is not None and not writer.pending.done():
-                busy_steps.append(train_step())
+                busy_steps.append(train_step(writer) - waited)
+                waited_here, waited = waited, 0.0
+                started += waited_here
             writer.wait()
+            async_stalls.append(started)
 
     sync_s, async_s = statistics.median(sync_stalls), statistics.median(async_stalls)
     plain_s = statistics.median(plain_steps)

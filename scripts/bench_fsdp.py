@@ -9,8 +9,10 @@ no Ray. For each world size W:
   from the tensors themselves; against the goal 1.15 x total / W + the largest unit (on a
   GPU also `torch.cuda.max_memory_allocated`, which includes the gathered units and the
   activations). W = 1 is what DDP holds on every worker.
-- stall: what the training thread waits for at a checkpoint: spotray's sharded save
-  (snapshot to CPU buffers, DCP writes in the background) against a synchronous DCP save.
+- stall: what the training thread waits for at a checkpoint: spotray's sharded save (buffers
+  snapshotted at once; parameters and optimizer state copied by the writer while the next
+  forward and backward run, the update waiting for the copy; DCP writes in the background)
+  against a synchronous DCP save.
 - resume: loading a checkpoint written at the same W against one written at another.
 Prints one Markdown row per W.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -89,9 +92,20 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str)
         dist.barrier()
         t0 = time.perf_counter()
         shards, _ = tensors.split(tensors.training_state(model, optimizer))
-        writer.start(r, writer.buffers.copy(shards), {}, None, 0.0, {})
-        stall_s.append(time.perf_counter() - t0)
-        writer.wait()
+        changing = tensors.changed_by_the_update(shards, model)
+        frozen = writer.buffers.copy({k: v for k, v in shards.items() if k not in changing})
+        live = {k: v for k, v in shards.items() if k in changing}
+        writer.start(r, frozen, {}, None, 0.0, {}, live=live)
+        started = time.perf_counter() - t0
+        _, loss = model(x, x)  # the next step's forward and backward, while the copy runs
+        loss.backward()
+        stall_s.append(started + writer.wait_snapshot())
+        optimizer.zero_grad(set_to_none=True)
+        shutil.rmtree(writer.wait().folder)  # disk: a gpt2-medium checkpoint is 4.8 GB
+        if r > 0:  # round 0's stays, for the resume at other world sizes
+            dist.barrier()
+            if rank == 0:
+                shutil.rmtree(base / f"sync-{world}-{r}")
 
     # Resume: every world size has written its checkpoint; load this one's and another's.
     dist.barrier()

@@ -176,6 +176,7 @@ class PendingCheckpoint:
     evaluation: dict[str, float] = field(default_factory=dict)
     write_s: float = 0.0
     error: BaseException | None = None
+    snapshotted: threading.Event = field(default_factory=threading.Event)  # `live` copied
 
     def done(self) -> bool:
         return not self.thread.is_alive()
@@ -208,11 +209,17 @@ class CheckpointWriter:
         stall_s: float,
         metrics: dict[str, Any],
         evaluation: dict[str, float] | None = None,
+        live: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """Begin writing checkpoint `step`: `shards` through DCP (a collective: every rank
-        passes its part, or every rank None), `files` ({name: object to torch.save}).
+        """Begin writing checkpoint `step`: `shards` and `live` through DCP (a collective:
+        every rank passes its part, or every rank None), `files` ({name: object to
+        torch.save}).
 
-        `meta` (rank 0 only) becomes `spotray.json`, with the write time filled in.
+        `shards` are snapshots already. `live` are the training state's own tensors, which
+        only the next optimizer step changes (parameters, optimizer state): this thread
+        copies them while the next forward and backward run, and the training thread calls
+        `wait_snapshot` before that step. `meta` (rank 0 only) becomes `spotray.json`, with
+        the write time filled in.
         """
         assert self.pending is None, "one checkpoint at a time"
         folder = self.staging / dir_name(step)
@@ -223,11 +230,15 @@ class CheckpointWriter:
         def write() -> None:
             t0 = time.perf_counter()
             try:
+                try:
+                    copied = self._snapshot(live or {})
+                finally:
+                    pending.snapshotted.set()
                 folder.mkdir(parents=True, exist_ok=True)
                 if shards is not None:
                     from spotray import tensors  # torch.distributed.checkpoint: workers only
 
-                    tensors.save(shards, folder, self.group)
+                    tensors.save({**shards, **copied}, folder, self.group)
                 for name, obj in files.items():
                     torch.save(obj, folder / name)
                 time.sleep(float(os.environ.get(SLOW_WRITE_ENV) or 0))
@@ -246,6 +257,27 @@ class CheckpointWriter:
         pending.thread = threading.Thread(target=write, name=f"spotray-ckpt-{step}", daemon=True)
         pending.thread.start()
         self.pending = pending
+
+    def _snapshot(self, live: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Copy `live` into the CPU buffers, on a CUDA stream of its own where there is one
+        (after the work already queued: the optimizer step that made these values)."""
+        if not live or not torch.cuda.is_available():
+            return self.buffers.copy(live, "live")
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.default_stream())
+        with torch.cuda.stream(stream):
+            copied = self.buffers.copy(live, "live")
+        stream.synchronize()
+        return copied
+
+    def wait_snapshot(self) -> float:
+        """Before the optimizer step: block until the pending checkpoint's `live` tensors are
+        copied; returns the seconds waited."""
+        if self.pending is None or self.pending.snapshotted.is_set():
+            return 0.0
+        t0 = time.perf_counter()
+        self.pending.snapshotted.wait()
+        return time.perf_counter() - t0
 
     def wait(self) -> PendingCheckpoint:
         """Block until the pending write is finished and hand it over."""

@@ -67,6 +67,18 @@ def merge(tensors: dict[str, torch.Tensor], rest: Any, path: str = "") -> Any:
     return rest
 
 
+def changed_by_the_update(tensors: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]:
+    """Which of `split`'s tensors only the optimizer step changes (parameters, optimizer
+    state), not a forward pass (buffers): those may be copied while the next step runs."""
+    parameters = {path("model", n) for n, _ in model.named_parameters(remove_duplicate=False)}
+    return {k for k in tensors if k in parameters or k.startswith(path("optimizer", ""))}
+
+
+def path(*keys: str) -> str:
+    """A tensor's path as `split` names it: path("model", "h.0.weight") -> "model/h.0.weight"."""
+    return _SEP.join(keys)
+
+
 def _join(path: str, key: Any) -> str:
     return f"{path}{_SEP}{key}" if path else str(key)
 

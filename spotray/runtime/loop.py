@@ -137,6 +137,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     failures, exposure_s = _failures(args.hub)
     next_due = progress.step + policy.next_interval(None)
     step_s, last_stall, last_commit, last_push, last_poll = 0.0, 0.0, 0.0, 0.0, 0.0
+    snapshot_wait = 0.0  # the training thread's waits for snapshots since the last checkpoint
     plan = preemption.PreemptionPlan()
     born = psutil.Process().create_time()  # this worker process: the restart began about then
     # Requests from before this worker process are covered by the restore. One made while it
@@ -273,6 +274,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             what = f"loss {loss_value}" if not math.isfinite(loss_value) else f"gradient norm {float(norm)}"
             tell(msg.Stopped(step=step, reason=f"{what} at step {step}"))
             return
+        snapshot_wait += writer.wait_snapshot()  # the checkpoint being written reads the weights
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -306,7 +308,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 restart_s=restart_s,
                 answers_request=answering,
             )
-            last_stall = _start_checkpoint(writer, trainee, progress, cfg, world, rank, report, evaluation)
+            last_stall = snapshot_wait + _start_checkpoint(
+                writer, trainee, progress, cfg, world, rank, report, evaluation
+            )
+            snapshot_wait = 0.0
             answering = None
             if urgent:  # a node is going, or a move waits: write and hand it over now
                 commit(writer.wait())
@@ -405,10 +410,16 @@ def _start_checkpoint(
     report: msg.CheckpointReport,
     evaluation: dict[str, float],
 ) -> float:
-    """Snapshot this rank's state and start writing it; returns the seconds it stalled."""
+    """Snapshot this rank's state and start writing it; returns the seconds it stalled.
+
+    Parameters and optimizer state change only at the next optimizer step: the writer copies
+    them while the next step's forward and backward run (`CheckpointWriter.start`). The rest
+    (buffers, which a forward may change) is copied here."""
     t0 = time.perf_counter()
     shards, rest = tensors.split(tensors.training_state(state.model, state.optimizer))
-    shards = writer.buffers.copy(shards)
+    changing = tensors.changed_by_the_update(shards, state.model)
+    live = {k: v for k, v in shards.items() if k in changing}
+    frozen = writer.buffers.copy({k: v for k, v in shards.items() if k not in live})
     files: dict[str, Any] = {ckpt.rng_file(rank): ckpt.rng_state()}
     meta = None
     if rank == 0:
@@ -437,5 +448,5 @@ def _start_checkpoint(
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     stall = time.perf_counter() - t0
-    writer.start(progress.step, shards, files, meta, stall, report.as_metrics(), evaluation)
+    writer.start(progress.step, frozen, files, meta, stall, report.as_metrics(), evaluation, live=live)
     return stall

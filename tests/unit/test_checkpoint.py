@@ -152,3 +152,18 @@ def test_fresh_on_a_run_of_spotray_alone_leaves_nothing(tmp_path: Path) -> None:
     (tmp_path / "run" / "checkpoint_manager_snapshot.json").write_text("{}")
     assert ckpt.delete_run(local(tmp_path / "run")) == []
     assert not (tmp_path / "run").exists()
+
+
+def test_live_tensors_are_saved_as_they_were_when_the_checkpoint_began(tmp_path: Path) -> None:
+    """The writer copies parameters while the next step's forward runs; the training thread
+    waits for that copy before the update, so the update never reaches the checkpoint."""
+    weight = torch.arange(1_000_000, dtype=torch.float32)
+    writer = ckpt.CheckpointWriter(tmp_path / "staging", 0)
+    meta = {"format": ckpt.FORMAT_VERSION, "step": 1, "world_size": 1}
+    writer.start(1, {}, {tensors.TRAINER_FILE: {"rest": {}}}, meta, 0.0, {}, live={"model/w": weight})
+    writer.wait_snapshot()
+    weight.add_(1.0)  # the optimizer step
+    folder = writer.wait().folder
+    saved = {"model/w": torch.zeros_like(weight)}
+    tensors.load(saved, folder, None)
+    assert torch.equal(saved["model/w"], torch.arange(1_000_000, dtype=torch.float32))
