@@ -125,9 +125,12 @@ def load(tensors: dict[str, torch.Tensor], folder: Path, group: Any) -> None:
 @contextlib.contextmanager
 def _plain_errors(folder: Path) -> Iterator[None]:
     """DCP's CheckpointException derives from BaseException, past every `except Exception`:
-    one line instead, naming the first rank's cause."""
+    one line instead, naming the first rank's cause. Without a group DCP warns that it
+    assumes a single process: that is the intent, so the warning is dropped."""
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            yield
     except CheckpointException as err:
         rank, (cause, _) = next(iter(err.failures.items()))
         raise CheckpointDataError(f"{folder}: rank {rank}: {type(cause).__name__}: {cause}") from None
@@ -151,7 +154,7 @@ def restore_training_state(
 def load_model(model: torch.nn.Module, folder: Path) -> None:
     """The model's weights alone, in this process, without a process group (the driver)."""
     tensors, _ = split({"model": model.state_dict()})
-    _load_here(tensors, folder)
+    load(tensors, folder, None)
     model.load_state_dict({k.split(_SEP, 1)[1]: v for k, v in tensors.items()})
 
 
@@ -167,15 +170,9 @@ def read_state(folder: Path) -> dict[str, Any]:
         for name, entry in index.items()
         if isinstance(entry, TensorStorageMetadata)
     }
-    _load_here(tensors, folder)
+    load(tensors, folder, None)
     trainer = torch.load(folder / TRAINER_FILE, map_location="cpu", weights_only=True)
     return {**merge(tensors, trainer.pop("rest")), **trainer}
-
-
-def _load_here(tensors: dict[str, torch.Tensor], folder: Path) -> None:
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-        warnings.simplefilter("ignore", UserWarning)
-        load(tensors, folder, None)
 
 
 def local_tensor(value: torch.Tensor) -> torch.Tensor:
