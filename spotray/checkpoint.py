@@ -68,7 +68,8 @@ OWN_FILE = re.compile(
 MANIFEST_PATTERN = re.compile(r"^manifest-rank\d+\.json$")
 # What Ray Train writes into the run folder itself; removed with the run by --fresh, as a
 # snapshot naming checkpoints that are gone stops Ray's checkpoint manager at the next start.
-RAY_RUN_FILES = ("checkpoint_manager_snapshot.json", ".validate_storage_marker")
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray-private: the checkpoints it lists
+RAY_RUN_FILES = (RAY_SNAPSHOT, ".validate_storage_marker")
 # Fault injection (`spotray chaos --slow-storage-s`): every write takes this much longer, its
 # manifest held back meanwhile, as on a slow disk. Lets a test land a notice mid-write.
 SLOW_WRITE_ENV = "SPOTRAY_FAULT_SLOW_WRITE_S"
@@ -248,7 +249,10 @@ class CheckpointWriter:
                         meta, write_seconds=round(pending.write_s, 4), stall_seconds=round(stall_s, 4)
                     )
                     (folder / META_FILE).write_text(json.dumps(body, indent=2))
-                listing = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in folder.iterdir()}
+                listing = {}
+                for p in folder.iterdir():
+                    with open(p, "rb") as f:
+                        listing[p.name] = {"size": p.stat().st_size, "sha256": _sha256(f)}
                 # The manifest is written last: its presence says this rank's files are whole.
                 (folder / manifest_file(self.rank)).write_text(json.dumps(listing))
             except BaseException as err:  # handed to the training thread in wait()
@@ -290,11 +294,11 @@ class CheckpointWriter:
         return pending
 
 
-def _sha256(path: Path) -> str:
+def _sha256(stream: Any) -> str:
+    """SHA-256 of a binary stream (a local file, or a pyarrow input stream), read in 4 MB."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
+    while chunk := stream.read(1 << 22):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -375,11 +379,9 @@ def verify(checkpoint: StoredCheckpoint) -> str | None:
     world = int((checkpoint.meta or {}).get("world_size", 0))
     for rank in range(world):
         for name, listed in _read_json(location.fs, f"{location.path}/{manifest_file(rank)}").items():
-            digest = hashlib.sha256()
             with location.fs.open_input_stream(f"{location.path}/{name}") as f:
-                while chunk := f.read(1 << 22):
-                    digest.update(chunk)
-            if digest.hexdigest() != listed["sha256"]:
+                digest = _sha256(f)
+            if digest != listed["sha256"]:
                 return f"{name} does not match its checksum"
     return None
 
@@ -449,14 +451,14 @@ def reconcile_with_ray(run: Location) -> list[str]:
     """Make the run folder loadable by Ray Train's checkpoint manager again; returns what was
     done, one line each.
 
-    Ray refuses to start a run whose snapshot (RAY_RUN_FILES[0], a Ray-private JSON file)
+    Ray refuses to start a run whose snapshot (RAY_SNAPSHOT, a Ray-private JSON file)
     names a checkpoint folder that is gone ("delete the existing folder"), and fails on a
     snapshot it cannot parse. A folder removed by hand is put back empty: Ray is satisfied,
     spotray sees it as torn and resumes from the one before, and the next checkpoint of that
     step is written into it. An unreadable snapshot is moved aside: Ray starts without it
     and spotray registers the newest complete checkpoint again.
     """
-    path = f"{run.path}/{RAY_RUN_FILES[0]}"
+    path = f"{run.path}/{RAY_SNAPSHOT}"
     try:
         with run.fs.open_input_stream(path) as f:
             snapshot = json.loads(f.read())
@@ -466,7 +468,7 @@ def reconcile_with_ray(run: Location) -> list[str]:
     except (ValueError, KeyError, TypeError) as err:
         aside = f"{path}.unreadable-{int(time.time())}"
         run.fs.move(path, aside)
-        return [f"Ray's checkpoint list {run.uri}/{RAY_RUN_FILES[0]} was unreadable ({err}): moved aside"]
+        return [f"Ray's checkpoint list {run.uri}/{RAY_SNAPSHOT} was unreadable ({err}): moved aside"]
     done = []
     for name in dict.fromkeys(names):
         folder = run.join(name)

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import psutil
 
@@ -91,7 +91,7 @@ def hold(run: Location, name: str) -> Iterator[None]:
     def renew() -> None:
         while not stop.wait(HEARTBEAT_S):
             with contextlib.suppress(OSError):
-                _write(lock, Holder(**{**asdict(me), "heartbeat": time.time()}))
+                _write(lock, replace(me, heartbeat=time.time()))
 
     renewer = threading.Thread(target=renew, name="spotray-run-lock", daemon=True)
     renewer.start()

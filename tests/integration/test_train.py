@@ -136,7 +136,7 @@ def test_ctrl_c_then_faults_in_storage_and_the_run_still_ends_bit_identical(
     assert f"started from step {n - 20}" in said
     assert not (run / ckpt.dir_name(torn) / "padding.pt").exists()  # the torn folder is gone
     assert_bit_identical(final_state(tmp_path), final_state(reference[0]))
-    snapshot = json.loads((run / ckpt.RAY_RUN_FILES[0]).read_text())
+    snapshot = json.loads((run / ckpt.RAY_SNAPSHOT).read_text())
     listed = [r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]]
     assert listed == [ckpt.dir_name(s) for s in range(20, STEPS + 1, 20)], listed
 
