@@ -62,6 +62,12 @@ def complete_checkpoint(run_dir: Path, step: int) -> Callable[[], bool]:
     return check
 
 
+# The padding that makes a staged checkpoint big, named as one more rank's DCP shard: a torn
+# checkpoint of spotray's holds only the format's files, whichever of them arrived before the
+# kill (its manifest may not have), and those are what clean-up removes.
+PADDING = "__7_0.distcp"
+
+
 def stage_newer_checkpoint(source: Path, staging: Path, step: int, padding_bytes: int) -> Path:
     """A complete checkpoint folder for `step`, copied from `source`, made big by a padding file.
 
@@ -75,9 +81,9 @@ def stage_newer_checkpoint(source: Path, staging: Path, step: int, padding_bytes
     meta = json.loads((folder / ckpt.META_FILE).read_text())
     meta["step"] = step
     (folder / ckpt.META_FILE).write_text(json.dumps(meta))
-    torch.save(torch.zeros(padding_bytes // 4, dtype=torch.float32), folder / "padding.pt")
+    torch.save(torch.zeros(padding_bytes // 4, dtype=torch.float32), folder / PADDING)
     manifest = json.loads((folder / ckpt.manifest_file(0)).read_text())
-    for name in (ckpt.META_FILE, "padding.pt"):
+    for name in (ckpt.META_FILE, PADDING):
         body = (folder / name).read_bytes()
         manifest[name] = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
     (folder / ckpt.manifest_file(0)).write_text(json.dumps(manifest))
@@ -98,8 +104,8 @@ _pyarrow_fs_copy_files(sys.argv[1], sys.argv[2], source_filesystem=fs, destinati
 def kill_during_upload(source: Path, dest: Path) -> None:
     """Upload `source` to `dest` like Ray does, and SIGKILL the uploader half way."""
     proc = subprocess.Popen([sys.executable, "-c", UPLOAD, str(source), str(dest)])
-    big = dest / "padding.pt"
-    full = (source / "padding.pt").stat().st_size
+    big = dest / PADDING
+    full = (source / PADDING).stat().st_size
     try:
         wait_for(lambda: big.exists() and 0 < big.stat().st_size < full, 60, "the upload to start", 0.002)
     finally:

@@ -21,6 +21,7 @@ from spotray import tensors
 from tests.conftest import SPOTRAY, run_spotray, spotray_env, write_config
 from tests.integration.conftest import BATCH, STEPS, assert_bit_identical, assert_same_trajectory, final_state
 from tests.integration.faults import (
+    PADDING,
     complete_checkpoint,
     kill_during_upload,
     stage_newer_checkpoint,
@@ -134,7 +135,7 @@ def test_ctrl_c_then_faults_in_storage_and_the_run_still_ends_bit_identical(
     said = second.stdout.replace("\n", "")  # the console wraps long lines, folding long paths
     assert f"skipped checkpoint {run / ckpt.dir_name(n)}: __1_0.distcp does not match its checksum" in said
     assert f"started from step {n - 20}" in said
-    assert not (run / ckpt.dir_name(torn) / "padding.pt").exists()  # the torn folder is gone
+    assert not (run / ckpt.dir_name(torn) / PADDING).exists()  # the torn folder is gone
     assert_bit_identical(final_state(tmp_path), final_state(reference[0]))
     snapshot = json.loads((run / ckpt.RAY_SNAPSHOT).read_text())
     listed = [r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]]
