@@ -38,6 +38,7 @@ import ray
 from spotray import checkpoint
 from spotray.imds import IMDSClient
 from spotray.imds_server import FakeIMDS
+from spotray.ray_compat import hide_node_death_reports, keep_on_loopback
 from spotray.recovery import FAST_HEALTH_CHECK
 from spotray.runtime import messages as msg
 from spotray.watch import NoticePolicy, RayNode, Watcher, request_checkpoint
@@ -122,6 +123,7 @@ class LocalSpotCluster:
         # gives every worker group a real CUDA device (and the same one after a move).
         self.gpus_per_node = gpus_per_node
         self.watch = not ray_alone  # Ray alone: notices are served, nobody acts on them
+        keep_on_loopback()
         # The head hosts the driver-side actors (controller, hub); the dashboard serves the
         # State API that tells which node each worker is on.
         self.cluster = Cluster(
@@ -129,6 +131,7 @@ class LocalSpotCluster:
             head_node_args={
                 "num_cpus": 1,
                 "include_dashboard": True,
+                "dashboard_port": None,  # 8265 or the next free one, as ray.init picks it
                 "log_to_stderr": False,
                 "_system_config": {} if ray_alone else FAST_HEALTH_CHECK,
             },
@@ -379,19 +382,26 @@ def chaos_config(cfg: Any) -> Any:
     return cfg.model_copy(update={"name": cfg.name + CHAOS_SUFFIX, "scaling": scaling})
 
 
-def run_chaos(
-    cfg: Any,
-    nodes: int,
-    schedule: list[ChaosEvent],
-    seed: int,
-    replace: bool,
-    report_path: Any,
-    console: Any,
-    ray_alone: bool = False,
-    slow_storage_s: float = 0.0,
-    slow_step_s: float = 0.0,
-    sigterm_grace_s: float = 0.0,
-) -> list[EventReport]:
+@dataclass(frozen=True)
+class ChaosOptions:
+    """How `spotray chaos` runs: the cluster, the schedule, and what it reports."""
+
+    schedule: list[ChaosEvent]
+    nodes: int = 3
+    seed: int = 0
+    replace: bool = True  # a new node for each one taken
+    report_path: Path | None = None  # the report as JSON, too
+    ray_alone: bool = False  # no watchers, Ray's default settings: the baseline
+    slow_storage_s: float = 0.0  # extra seconds per checkpoint write
+    slow_step_s: float = 0.0  # the least a step takes at max_workers
+    # At an announced kill: a plain script's SIGTERM handler asks for a checkpoint this many
+    # seconds before the node goes (see run_chaos); 0: none.
+    sigterm_grace_s: float = 0.0
+    # Ray's own reports of the nodes chaos kills (raylet log tails) stay in the nodes' logs.
+    quiet: bool = True
+
+
+def run_chaos(cfg: Any, options: ChaosOptions, console: Any) -> list[EventReport]:
     """Start the local spot cluster, train under the schedule, print the report.
 
     `sigterm_grace_s` plays the SIGTERM handler of a plain PyTorch script (save, then exit)
@@ -412,24 +422,27 @@ def run_chaos(
     own = cfg.name
     cfg = chaos_config(cfg)
     console.print(f"chaos: trains the run {cfg.name}, from scratch; the run {own} is not touched")
+    schedule, ray_alone = options.schedule, options.ray_alone
     console.print(
-        f"chaos: {nodes} spot nodes, {len(schedule)} event(s): "
+        f"chaos: {options.nodes} spot nodes, {len(schedule)} event(s): "
         + ", ".join(f"step {e.at_step} {e.kind}" + (f" x{e.nodes}" if e.nodes > 1 else "") for e in schedule)
     )
     # The nodes' workers inherit these from the raylets started below.
-    if slow_storage_s:
-        os.environ[checkpoint.SLOW_WRITE_ENV] = str(slow_storage_s)
-    if slow_step_s:
-        os.environ[checkpoint.SLOW_STEP_ENV] = str(slow_step_s)
+    if options.slow_storage_s:
+        os.environ[checkpoint.SLOW_WRITE_ENV] = str(options.slow_storage_s)
+    if options.slow_step_s:
+        os.environ[checkpoint.SLOW_STEP_ENV] = str(options.slow_step_s)
     cluster = LocalSpotCluster(
-        nodes,
+        options.nodes,
         cpus_per_node=cfg.scaling.cpus_per_worker,
         ray_alone=ray_alone,
         gpus_per_node=1 if cfg.scaling.use_gpu else 0,
     )
     try:
         ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
-        hub = start_hub(keep_steps=report_path is not None)
+        if options.quiet:
+            hide_node_death_reports()
+        hub = start_hub(keep_steps=options.report_path is not None)
         outcome: dict[str, Any] = {}
 
         def run_training() -> None:
@@ -454,7 +467,13 @@ def run_chaos(
         try:
             timeline = Timeline(hub, alive=trainer.is_alive)
             reports = run_schedule(
-                cluster, timeline, schedule, seed, replace, run_location(cfg), sigterm_grace_s=sigterm_grace_s
+                cluster,
+                timeline,
+                schedule,
+                options.seed,
+                options.replace,
+                run_location(cfg),
+                sigterm_grace_s=options.sigterm_grace_s,
             )
         except (TimeoutError, RuntimeError) as err:
             trainer.join(timeout=5)
@@ -471,7 +490,7 @@ def run_chaos(
         ray.shutdown()
         cluster.shutdown()
 
-    if report_path is not None:
+    if options.report_path is not None:
         body = {
             "final_step": summary.steps,
             "final_loss": summary.final_loss,
@@ -484,7 +503,7 @@ def run_chaos(
             "steps": steps,
             "hub_events": [e.as_json() for e in timeline.events],
         }
-        Path(report_path).write_text(json.dumps(body, indent=2))
+        Path(options.report_path).write_text(json.dumps(body, indent=2))
     console.print(
         f"\nchaos done: step {summary.steps}, final loss {summary.final_loss:.4f}, "
         f"{summary.restarts} restart(s), {summary.wall_s:.0f} s"

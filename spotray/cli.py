@@ -305,7 +305,7 @@ def chaos(
       spotray chaos CONFIG --no-replace --event 40:unannounced --event 80:announced --event 80:add:2
     """
     with human_errors():
-        from spotray.chaos import make_schedule, parse_event, run_chaos
+        from spotray.chaos import ChaosOptions, make_schedule, parse_event, run_chaos
         from spotray.config import load_config
 
         cfg = load_config(config)
@@ -315,19 +315,19 @@ def chaos(
             schedule = [parse_event(text, lead) for text in event]
         else:
             schedule = make_schedule(seed, cfg.optimizer.steps, events, announced, lead)
-        run_chaos(
-            cfg,
-            nodes,
-            schedule,
-            seed,
-            replace,
-            report,
-            console,
-            ray_alone,
-            slow_storage,
-            slow_step,
-            sigterm_grace,
+        options = ChaosOptions(
+            schedule=schedule,
+            nodes=nodes,
+            seed=seed,
+            replace=replace,
+            report_path=report,
+            ray_alone=ray_alone,
+            slow_storage_s=slow_storage,
+            slow_step_s=slow_step,
+            sigterm_grace_s=sigterm_grace,
+            quiet=not _debug,
         )
+        run_chaos(cfg, options, console)
 
 
 def print_summary(summary: object) -> None:

@@ -32,6 +32,7 @@ import yaml
 
 from spotray.cost.prices import spotray_home
 from spotray.errors import ConfigError, SpotrayError
+from spotray.ray_compat import loopback_env
 
 DASHBOARD_PORT = 8265  # Ray's default, used when free
 STOP_GRACE_S = 10.0
@@ -163,7 +164,9 @@ def up_local(config_path: Path, autoscaler_v2: bool = False) -> LocalCluster:
     ]
     # Job entrypoints (`python -m spotray.job`) run in the head's environment: this one's.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "PATH": path, "RAY_FAKE_CLUSTER": "1", "SPOTRAY_CLUSTER": name, **extra_env}
+    # All of it on 127.0.0.1: the cluster is this machine's alone.
+    env = {**os.environ, **loopback_env(), "PATH": path, "RAY_FAKE_CLUSTER": "1", "SPOTRAY_CLUSTER": name}
+    env.update(extra_env)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()

@@ -29,6 +29,7 @@ from spotray.cost.ledger import RunRecorder, current_cluster
 from spotray.errors import CheckpointMismatchError, Interrupted, SpotrayError, TrainingStopped
 from spotray.metrics import RunMetrics
 from spotray.progress import ProgressView, RunState, start_hub
+from spotray.ray_compat import keep_on_loopback
 from spotray.runtime import messages as msg
 from spotray.storage import Location, resolve, run_location
 from spotray.watch import read_notices
@@ -146,6 +147,7 @@ def start_ray(cfg: JobConfig, attach: bool, log_to_driver: bool = False) -> None
     if attach:
         ray.init(address="auto", log_to_driver=log_to_driver, logging_level=logging.WARNING)
         return
+    keep_on_loopback()
     # "Token authentication is enabled" is news to nobody on a private 127.0.0.1 cluster.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     scaling = cfg.scaling

@@ -58,6 +58,20 @@ def local_cluster(tmp_path: Path) -> Iterator[tuple[Path, LocalCluster]]:
         down_processes(cluster.daemons)  # whatever the test left, it stops only this cluster
 
 
+def beyond_loopback(procs: list[psutil.Process]) -> list[str]:
+    """What these processes listen on other than 127.0.0.1 (IPv4, or IPv4-mapped IPv6)."""
+    found = []
+    for proc in procs:
+        try:
+            for conn in proc.net_connections(kind="inet"):
+                loopback = conn.laddr.ip in ("127.0.0.1", "::ffff:127.0.0.1")
+                if conn.status == psutil.CONN_LISTEN and not loopback:
+                    found.append(f"{proc.name()} {conn.laddr.ip}:{conn.laddr.port}")
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 def status(tmp_path: Path, path: Path) -> dict[str, Any]:
     done = run_spotray(["status", "--local", str(path), "--json"], cwd=tmp_path, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -80,6 +94,9 @@ def test_local_cluster_scales_falls_back_to_on_demand_and_goes_down_clean(
     tmp_path: Path, local_cluster: tuple[Path, LocalCluster]
 ) -> None:
     path, cluster = local_cluster
+    # Closed by default: nothing `up` started listens beyond loopback (GCS, raylet, agents,
+    # dashboard, client server, metrics).
+    assert beyond_loopback(cluster_processes(cluster.daemons)) == []
     before = status(tmp_path, path)
     assert [n["instance_type"] for n in before["nodes"]] == ["m5.2xlarge"]  # the head alone
     assert not before["runs"]
@@ -124,6 +141,10 @@ def test_local_cluster_scales_falls_back_to_on_demand_and_goes_down_clean(
         )
         ours = cluster_processes(cluster.daemons)
         assert len(ours) > 10  # gcs, raylets, agents, workers, the job's driver...
+        # The nodes the autoscaler added are as closed, and so are the workers but for one
+        # socket: torch's TCPStore in rank 0 listens on every interface, with no setting.
+        open_ = beyond_loopback(ours)
+        assert len(open_) <= 1 and all(o.startswith("ray::RayTrainWorker") for o in open_), open_
 
         # The same as a person reads it.
         shown = run_spotray(["status"], cwd=tmp_path).stdout
