@@ -10,12 +10,15 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from spotray.errors import ConfigError, Interrupted, SpotrayError
+
+if TYPE_CHECKING:
+    from spotray.cluster import ClusterPlan
 
 app = typer.Typer(
     help="Elastic, preemption-safe PyTorch training on AWS spot GPUs, with Ray.",
@@ -185,7 +188,7 @@ def watch(
         except ValueError:
             choices = ", ".join(a.value for a in RebalanceAction)
             raise ConfigError(f"--rebalance must be one of {choices}, got {rebalance!r}") from None
-        from spotray.jobs import use_token_auth_if_available
+        from spotray.auth import use_token_auth_if_available
         from spotray.watch import wait_for_gcs
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -384,6 +387,17 @@ def up(
     ledger_path: Annotated[
         Path | None, typer.Option("--ledger", envvar="SPOTRAY_LEDGER", help="Cost ledger file.")
     ] = None,
+    create_iam: Annotated[
+        bool,
+        typer.Option(
+            "--create-iam",
+            help="Create the instance profiles the file names that do not exist yet, from the "
+            "least-privilege policies in spotray/iam/ (needs --bucket).",
+        ),
+    ] = False,
+    bucket: Annotated[
+        str | None, typer.Option("--bucket", help="With --create-iam: the checkpoint bucket's name.")
+    ] = None,
     spot_capacity: Annotated[
         int | None,
         typer.Option(
@@ -396,10 +410,14 @@ def up(
 ) -> None:
     """Check the cluster config against AWS, print the plan and its price, bring it up.
 
-    Checks before anything launches: AWS credentials, the region, every instance type, a
-    subnet in every AZ, and the config as Ray itself validates it. The plan shows each node
-    type's market and its on-demand and current spot prices, and the most the cluster can
-    cost per hour. Then Ray's cluster launcher brings it up and the cost ledger records it.
+    Checks before anything launches: the config as Ray itself validates it, the region, every
+    instance type, a subnet in every AZ, and the two instance profiles (--create-iam makes
+    missing ones from the least-privilege policies in spotray/iam/). The plan shows each node
+    type's market, its on-demand and current spot prices, and the most the cluster can cost
+    per hour. Then `up` creates the cluster's Ray token if this machine has none
+    (~/.ray/auth_token; the nodes run Ray with RAY_AUTH_MODE=token), Ray's cluster launcher
+    brings it up and the cost ledger records it. --dry-run works without AWS credentials:
+    the plan from the bundled on-demand table, and a line listing what it could not check.
 
     With --local: a head on this machine running Ray's real autoscaler over
     cluster.local.yaml's fake node types; jobs that ask for workers make it add nodes.
@@ -407,6 +425,8 @@ def up(
     [b]Examples:[/b]
 
       spotray up cluster.yaml --dry-run
+
+      spotray up cluster.yaml --create-iam --bucket my-checkpoints
 
       spotray up cluster.yaml --yes
 
@@ -422,42 +442,84 @@ def up(
     with human_errors():
         if spot_capacity is not None:
             raise ConfigError("--spot-capacity is for --local clusters: AWS decides real spot capacity")
-        from rich import box
-        from rich.table import Table
+        _up_aws(cluster_yaml, dry_run, yes, ledger_path, create_iam, bucket)
 
-        from spotray import cluster
-        from spotray.cost.aws import client
-        from spotray.cost.ledger import Ledger
-        from spotray.cost.prices import load_on_demand
 
-        config = cluster.load_cluster_config(cluster_yaml)
-        region = config["provider"]["region"]
-        plan = cluster.preflight(config, client("ec2", region), load_on_demand())
-        table = Table(title=f"cluster {plan.name} in {region}", box=box.SIMPLE_HEAD)
-        for col in ("node type", "instance", "market", "workers", "on-demand $/h"):
-            table.add_column(col, no_wrap=True)
-        table.add_column("spot $/h now")  # the one column that may wrap in a narrow terminal
-        for node in [plan.head, *plan.workers]:
-            prices = sorted(node.spot_prices.values())
-            spot = f"{prices[0]:.4f}-{prices[-1]:.4f} ({len(prices)} AZs)" if prices else ""
-            workers = "head" if node is plan.head else f"{node.min_workers}-{node.max_workers}"
-            spot_cell = spot or ("no price read" if node.market == "spot" else "")
-            table.add_row(
-                node.name, node.instance_type, node.market, workers, f"{node.on_demand_price:.3f}", spot_cell
-            )
-        console.print(table)
-        console.print(
-            f"at most [bold]${plan.max_usd_per_hour():,.2f}/h[/] (the head and the dearest worker mix "
-            f"within max_workers {plan.max_workers})"
+def _up_aws(
+    cluster_yaml: Path,
+    dry_run: bool,
+    yes: bool,
+    ledger_path: Path | None,
+    create_iam: bool,
+    bucket: str | None,
+) -> None:
+    from spotray import cluster, iam
+    from spotray.auth import ensure_token
+    from spotray.cost.aws import NoCredentialsError, client
+    from spotray.cost.ledger import Ledger
+    from spotray.cost.prices import load_on_demand
+
+    if create_iam and not bucket:
+        raise ConfigError("--create-iam needs --bucket BUCKET: the checkpoint bucket its policies allow")
+    config = cluster.load_cluster_config(cluster_yaml)
+    region = config["provider"]["region"]
+    profiles = iam.profiles(config)
+    try:
+        ec2, iam_client = client("ec2", region), client("iam", region)
+    except NoCredentialsError:
+        if not dry_run:
+            raise
+        ec2 = iam_client = None
+    plan = cluster.preflight(config, ec2, load_on_demand())
+    _print_plan(plan)
+    gone = iam.missing(profiles, iam_client) if iam_client else []
+    if gone and not create_iam:
+        raise SpotrayError(
+            f"instance profile(s) {', '.join(gone)} do not exist: `spotray up --create-iam --bucket "
+            "BUCKET` creates them from spotray/iam/*.json (or create them by hand from those files)"
         )
-        if dry_run:
-            return
-        if not yes:
-            typer.confirm("Launch it?", abort=True)
-        with Ledger(ledger_path) as ledger:
-            ledger.add_cluster(plan.name, region)
-        cluster.up(cluster_yaml)
-        console.print(f"[green]up[/]: {plan.name}. Costs so far: spotray cost --cluster {plan.name}")
+    if dry_run:
+        if plan.unchecked:
+            console.print("no AWS credentials; not checked: " + "; ".join(plan.unchecked))
+        if gone:
+            console.print(f"would create instance profile(s) {', '.join(gone)} (--create-iam)")
+        return
+    if not yes:
+        typer.confirm("Launch it?", abort=True)
+    if gone:
+        account = client("sts", region).get_caller_identity()["Account"]
+        iam.create(profiles, gone, iam_client, account=account, cluster=plan.name, bucket=bucket or "")
+        console.print(f"created instance profile(s) {', '.join(gone)} for bucket {bucket}")
+    token, created = ensure_token()
+    if created:
+        console.print(f"created the cluster's Ray token: {token} (keep it private)")
+    with Ledger(ledger_path) as ledger:
+        ledger.add_cluster(plan.name, region)
+    cluster.up(cluster_yaml)
+    console.print(f"[green]up[/]: {plan.name}. Costs so far: spotray cost --cluster {plan.name}")
+
+
+def _print_plan(plan: ClusterPlan) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"cluster {plan.name} in {plan.region}", box=box.SIMPLE_HEAD)
+    for col in ("node type", "instance", "market", "workers", "on-demand $/h"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("spot $/h now")  # the one column that may wrap in a narrow terminal
+    for node in [plan.head, *plan.workers]:
+        prices = sorted(node.spot_prices.values())
+        spot = f"{prices[0]:.4f}-{prices[-1]:.4f} ({len(prices)} AZs)" if prices else ""
+        workers = "head" if node is plan.head else f"{node.min_workers}-{node.max_workers}"
+        spot_cell = spot or ("no price read" if node.market == "spot" else "")
+        table.add_row(
+            node.name, node.instance_type, node.market, workers, f"{node.on_demand_price:.3f}", spot_cell
+        )
+    console.print(table)
+    console.print(
+        f"at most [bold]${plan.max_usd_per_hour():,.2f}/h[/] (the head and the dearest worker mix "
+        f"within max_workers {plan.max_workers})"
+    )
 
 
 @app.command()
@@ -543,7 +605,7 @@ def status(
             raise typer.Exit(
                 _on_head(cluster_yaml, "spotray status --address auto" + (" --json" if as_json else ""))
             )
-        from spotray.jobs import use_token_auth_if_available
+        from spotray.auth import use_token_auth_if_available
 
         use_token_auth_if_available()  # before Ray is imported
         import json
@@ -668,7 +730,7 @@ def _up_local(cluster_yaml: Path, ledger_path: Path | None, spot_capacity: int |
 
 
 def _down_local(cluster_yaml: Path | None, ledger_path: Path | None) -> None:
-    from spotray.jobs import use_token_auth_if_available
+    from spotray.auth import use_token_auth_if_available
 
     use_token_auth_if_available()  # before Ray is imported
     from spotray.cost.ledger import Ledger

@@ -48,6 +48,7 @@ class ClusterPlan:
     head: NodeTypePlan
     workers: list[NodeTypePlan]
     max_workers: int  # the cluster-wide cap
+    unchecked: list[str] = field(default_factory=list)  # what needed EC2 and was not read
 
     def max_usd_per_hour(self) -> float:
         """The head plus the dearest worker mix the caps allow."""
@@ -84,53 +85,36 @@ def load_cluster_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def preflight(config: dict[str, Any], ec2: Any, table: OnDemandTable) -> ClusterPlan:
-    """Check region, instance types and subnets against EC2; price the node types."""
-    import boto3
-    from botocore.exceptions import ClientError
+def preflight(config: dict[str, Any], ec2: Any | None, table: OnDemandTable) -> ClusterPlan:
+    """Check region, instance types and subnets against EC2; price the node types.
 
+    Without EC2 (`ec2` None: no credentials) the plan comes from the bundled on-demand table
+    and `unchecked` says what it could not check.
+    """
     provider = config["provider"]
     region = provider["region"]
-    regions = boto3.Session().get_available_regions("ec2")
-    if region not in regions:
-        close = difflib.get_close_matches(region, regions, n=3)
-        raise ConfigError(
-            f"unknown region {region!r}" + (f": did you mean {', '.join(close)}?" if close else "")
-        )
-
+    _check_region(region)
     types = {
         name: node["node_config"].get("InstanceType", "")
         for name, node in config["available_node_types"].items()
     }
-    # A type is known if EC2 describes it or the bundled price table lists it (a real type by
-    # construction; moto, for one, has no p3.8xlarge in its instance-type data).
-    listed = {t for prices in table.prices.values() for t in prices}
-    for instance_type in sorted(set(types.values()) - listed):
-        try:
-            ec2.describe_instance_types(InstanceTypes=[instance_type])
-        except ClientError as err:
-            if err.response["Error"]["Code"] != "InvalidInstanceType":
-                raise
-            close = difflib.get_close_matches(instance_type, sorted(listed), n=3, cutoff=0.6)
-            hint = f": did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown instance type {instance_type!r} in {region}{hint}") from None
-
     zones = [z.strip() for z in str(provider.get("availability_zone", "")).split(",") if z.strip()]
-    if not any("SubnetIds" in n["node_config"] for n in config["available_node_types"].values()):
-        for zone in zones:
-            subnets = ec2.describe_subnets(Filters=[{"Name": "availability-zone", "Values": [zone]}])[
-                "Subnets"
-            ]
-            if not subnets:
-                raise ConfigError(
-                    f"no subnet in availability zone {zone} ({region}): create one or drop the AZ"
-                )
-
     spot_types = sorted({t for name, t in types.items() if _market(config, name) == "spot"})
-    spot = {
-        itype: {az: p for az, p in by_az.items() if not zones or az in zones}
-        for itype, by_az in (spot_prices_now(ec2, spot_types) if spot_types else {}).items()
-    }
+    unchecked = []
+    if ec2 is None:
+        unchecked = [
+            "a subnet in every listed AZ",
+            "spot prices (spot nodes are counted at their on-demand price)",
+            "the instance profiles",
+        ]
+        spot: dict[str, dict[str, float]] = {}
+    else:
+        _check_instance_types(ec2, set(types.values()), table, region)
+        _check_subnets(ec2, config, zones, region)
+        spot = {
+            itype: {az: p for az, p in by_az.items() if not zones or az in zones}
+            for itype, by_az in (spot_prices_now(ec2, spot_types) if spot_types else {}).items()
+        }
 
     def plan(name: str) -> NodeTypePlan:
         node = config["available_node_types"][name]
@@ -146,7 +130,46 @@ def preflight(config: dict[str, Any], ec2: Any, table: OnDemandTable) -> Cluster
 
     head = config["head_node_type"]
     workers = [plan(name) for name in config["available_node_types"] if name != head]
-    return ClusterPlan(config["cluster_name"], region, plan(head), workers, int(config["max_workers"]))
+    return ClusterPlan(
+        config["cluster_name"], region, plan(head), workers, int(config["max_workers"]), unchecked
+    )
+
+
+def _check_region(region: str) -> None:
+    import boto3
+
+    regions = boto3.Session().get_available_regions("ec2")  # from botocore's own data, offline
+    if region not in regions:
+        close = difflib.get_close_matches(region, regions, n=3)
+        raise ConfigError(
+            f"unknown region {region!r}" + (f": did you mean {', '.join(close)}?" if close else "")
+        )
+
+
+def _check_instance_types(ec2: Any, types: set[str], table: OnDemandTable, region: str) -> None:
+    """A type is known if EC2 describes it or the bundled price table lists it (a real type by
+    construction; moto, for one, has no p3.8xlarge in its instance-type data)."""
+    from botocore.exceptions import ClientError
+
+    listed = {t for prices in table.prices.values() for t in prices}
+    for instance_type in sorted(types - listed):
+        try:
+            ec2.describe_instance_types(InstanceTypes=[instance_type])
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "InvalidInstanceType":
+                raise
+            close = difflib.get_close_matches(instance_type, sorted(listed), n=3, cutoff=0.6)
+            hint = f": did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown instance type {instance_type!r} in {region}{hint}") from None
+
+
+def _check_subnets(ec2: Any, config: dict[str, Any], zones: list[str], region: str) -> None:
+    if any("SubnetIds" in n["node_config"] for n in config["available_node_types"].values()):
+        return  # the file names its subnets; Ray checks them
+    for zone in zones:
+        found = ec2.describe_subnets(Filters=[{"Name": "availability-zone", "Values": [zone]}])
+        if not found["Subnets"]:
+            raise ConfigError(f"no subnet in availability zone {zone} ({region}): create one or drop the AZ")
 
 
 def _market(config: dict[str, Any], name: str) -> str:

@@ -23,14 +23,14 @@ from urllib.parse import urlparse
 
 from rich.console import Console
 
+from spotray.auth import LOCAL_HOSTS, check_token_transport, use_token_auth_if_available
 from spotray.config import JobConfig
-from spotray.errors import ConfigError, SpotrayError
+from spotray.errors import SpotrayError
 
 CONFIG_ENV = "SPOTRAY_JOB_CONFIG"
 STOP_STEP_ENV = "SPOTRAY_JOB_STOP_STEP"
 FRESH_ENV = "SPOTRAY_JOB_FRESH"
 PACKAGES = [Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent / "train"]
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 AGENT_WAIT_S = 60.0
 
 
@@ -76,30 +76,6 @@ def workload_code(entrypoint: str, here: Path) -> dict[str, Any]:
         shutil.copy2(here / f"{top}.py", folder)
         return {"working_dir": str(folder)}
     return {}
-
-
-def use_token_auth_if_available() -> None:
-    """Send this machine's Ray token, as `ray job submit` does with RAY_AUTH_MODE=token.
-
-    Ray 2.60 clusters require a token by default, but its job client only sends one when
-    RAY_AUTH_MODE=token is set before Ray is imported. An explicit RAY_AUTH_MODE wins.
-    """
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
-def check_token_transport(url: str, insecure: bool) -> None:
-    """The Ray token is a bearer credential: over plain http only to this machine (or an SSH
-    tunnel to it), unless the user insists with --insecure."""
-    parsed = urlparse(url)
-    if os.environ.get("RAY_AUTH_MODE") != "token" or insecure or parsed.scheme == "https":
-        return
-    if parsed.hostname not in LOCAL_HOSTS:
-        raise ConfigError(
-            f"refusing to send the Ray token over plain http to {parsed.hostname}: use https://, "
-            "an SSH tunnel to 127.0.0.1 (`spotray dashboard`), or --insecure"
-        )
 
 
 def quiet_ray_client_logs() -> None:

@@ -116,14 +116,20 @@ def forget_ray_aws_clients() -> None:
 
 @pytest.fixture
 def cluster_yaml_on_moto(moto: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """cluster.yaml filled in for moto: its instance profiles exist, its AMI is one of moto's."""
+    """cluster.yaml filled in for moto: its instance profiles exist (spotray's, from its policy
+    files), its AMI is one of moto's."""
     import boto3
+    import yaml
+
+    from spotray import iam
 
     monkeypatch.setenv("HOME", str(tmp_path))  # Ray writes the SSH key it creates under ~/.ssh
-    for profile in ("spotray-head", "spotray-checkpoints"):
-        boto3.client("iam").create_instance_profile(InstanceProfileName=profile)
     image = boto3.client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     text = (REPO / "cluster.yaml").read_text().replace("YOUR-ACCOUNT", MOTO_ACCOUNT)
     path = tmp_path / "cluster.yaml"
     path.write_text(text.replace("latest_dlami", image))
+    config = yaml.safe_load(path.read_text())
+    profiles = iam.profiles(config)
+    names = [profiles.head, profiles.workers]
+    iam.create(profiles, names, boto3.client("iam"), account=MOTO_ACCOUNT, cluster="spotray", bucket="ckpt")
     return path

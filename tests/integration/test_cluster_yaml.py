@@ -3,6 +3,7 @@ launching cluster.yaml's worker types on EC2 in moto's server mode (127.0.0.1)."
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -56,6 +57,11 @@ def test_ray_accepts_cluster_yaml_and_fills_its_defaults() -> None:
     assert any("spotray watch" in c for c in config["worker_start_ray_commands"])
     head_start = " ".join(config["head_start_ray_commands"])
     assert "health_check_failure_threshold" in head_start and "--dashboard-host=127.0.0.1" in head_start
+    # Ray's token authentication on every node, the token `spotray up` makes copied to each.
+    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    for command in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
+        if "ray start" in command or "spotray watch" in command:
+            assert "RAY_AUTH_MODE=token" in command.split("ray start")[0].split("spotray watch")[0], command
 
 
 def test_worker_start_labels_the_node_with_its_zone_from_imdsv2() -> None:
@@ -112,6 +118,9 @@ def test_ray_aws_provider_launches_every_worker_type(cluster_yaml_on_moto: Path)
         assert instance["MetadataOptions"]["HttpTokens"] == "required"
         assert instance["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
         assert instance["IamInstanceProfile"]["Arn"].endswith("instance-profile/spotray-checkpoints")
+    # Those profiles are spotray's own (from spotray/iam/), bound to this cluster's tag.
+    head_policy = boto3.client("iam").get_role_policy(RoleName="spotray-head", PolicyName="spotray-head")
+    assert '"aws:ResourceTag/ray-cluster-name": "spotray"' in json.dumps(head_policy["PolicyDocument"])
     groups = {g["GroupId"]: g for g in ec2.describe_security_groups()["SecurityGroups"]}
     [group_id] = {g["GroupId"] for i in launched.values() for g in i["SecurityGroups"]}
     from_outside = [p for p in groups[group_id]["IpPermissions"] if p.get("IpRanges")]
@@ -132,9 +141,9 @@ def test_the_watcher_is_supervised_a_killed_one_comes_back(tmp_path: Path) -> No
 
     config = yaml.safe_load((REPO / "cluster.yaml").read_text())
     [line] = [c for c in config["worker_start_ray_commands"] if "spotray watch" in c]
-    assert line.startswith("nohup ") and line.endswith(" &")
+    assert line.startswith("RAY_AUTH_MODE=token nohup ") and line.endswith(" &")
     command = (
-        line.removeprefix("nohup ")
+        line.removeprefix("RAY_AUTH_MODE=token nohup ")
         .removesuffix(" &")
         .replace("/tmp/spotray-watch.log", str(tmp_path / "w.log"))
     )

@@ -62,8 +62,37 @@ def test_up_bad_input_is_one_clear_line(cluster_yaml_on_moto: Path, tmp_path: Pa
     _one_line(spotray(tmp_path, "up", str(rejected), "--dry-run"), 2, "Ray rejects it at upscaling_speed")
 
     bare = no_aws_env(HOME=str(tmp_path))
-    no_creds = run_spotray(["up", str(cluster_yaml_on_moto), "--dry-run"], cwd=tmp_path, env=bare)
+    no_creds = run_spotray(["up", str(cluster_yaml_on_moto), "--yes"], cwd=tmp_path, env=bare)
     _one_line(no_creds, 1, "no AWS credentials found")
+    assert not (tmp_path / ".ray" / "auth_token").exists()  # nothing made for a launch that failed
+
+
+def test_up_dry_run_offline_plans_from_the_table_and_says_what_it_skipped(
+    cluster_yaml_on_moto: Path, tmp_path: Path
+) -> None:
+    env = no_aws_env(HOME=str(tmp_path), COLUMNS="200")
+    result = run_spotray(["up", str(cluster_yaml_on_moto), "--dry-run"], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.replace("\n", "")
+    assert f"at most ${0.384 + 12 * 12.24:,.2f}/h" in out  # every spot node at its on-demand price
+    assert "no AWS credentials; not checked:" in out and "the instance profiles" in out
+
+
+def test_up_names_a_missing_instance_profile_and_how_to_create_it(
+    cluster_yaml_on_moto: Path, tmp_path: Path
+) -> None:
+    iam = boto3.client("iam")
+    iam.remove_role_from_instance_profile(InstanceProfileName="spotray-head", RoleName="spotray-head")
+    iam.delete_instance_profile(InstanceProfileName="spotray-head")
+    _one_line(
+        spotray(tmp_path, "up", str(cluster_yaml_on_moto), "--dry-run"),
+        1,
+        "instance profile(s) spotray-head do not exist: `spotray up --create-iam --bucket BUCKET`",
+    )
+    planned = spotray(tmp_path, "up", str(cluster_yaml_on_moto), "--dry-run", "--create-iam", "--bucket", "b")
+    assert planned.returncode == 0, planned.stderr
+    assert "would create instance profile(s) spotray-head" in planned.stdout.replace("\n", "")
+    iam.get_role(RoleName="spotray-head")  # a dry run created nothing, removed nothing
 
 
 def test_down_closes_the_ledger_then_terminates_every_node(
