@@ -20,8 +20,15 @@ from spotray.errors import ConfigError, Interrupted, SpotrayError
 if TYPE_CHECKING:
     from spotray.cluster import ClusterPlan
 
+# One convention for every command, in every --help.
+EXIT_CODES = (
+    "Exit codes: 0 done; 1 the environment failed (AWS, Ray, storage, a lost run); "
+    "2 your input is wrong (config, arguments); 130 interrupted (run it again to resume)."
+)
+
 app = typer.Typer(
     help="Elastic, preemption-safe PyTorch training on AWS spot GPUs, with Ray.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -79,7 +86,7 @@ def _format_duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def train(
     config: Annotated[Path, typer.Argument(help="Job config YAML, e.g. train/configs/local.yaml.")],
     address: Annotated[
@@ -141,7 +148,7 @@ def train(
         print_summary(summary)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def watch(
     imds_url: Annotated[
         str, typer.Option("--imds-url", envvar="SPOTRAY_IMDS_URL", help="Instance metadata service.")
@@ -225,7 +232,7 @@ def connect_to_node(address: str, node_id: str | None) -> tuple[str, str]:
     return gcs, node
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def chaos(
     config: Annotated[Path, typer.Argument(help="Job config YAML to train under preemptions.")],
     nodes: Annotated[int, typer.Option("--nodes", min=1, help="Spot nodes in the local cluster.")] = 3,
@@ -376,7 +383,7 @@ def _cluster_yaml(path: Path | None, local: bool) -> Path:
     return path or Path("cluster.local.yaml" if local else "cluster.yaml")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def up(
     cluster_yaml: ClusterYaml = None,
     local: LocalOption = False,
@@ -522,7 +529,7 @@ def _print_plan(plan: ClusterPlan) -> None:
     )
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def down(
     cluster_yaml: ClusterYaml = None,
     local: LocalOption = False,
@@ -569,7 +576,7 @@ def down(
         console.print(f"the bill stays: spotray cost --cluster {name} --offline")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def status(
     cluster_yaml: RemoteYaml = None,
     local: LocalOption = False,
@@ -633,7 +640,7 @@ def status(
             render(now, console)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def dashboard(
     cluster_yaml: RemoteYaml = None,
     local: LocalOption = False,
@@ -752,9 +759,8 @@ def _down_local(cluster_yaml: Path | None, ledger_path: Path | None) -> None:
 
 from spotray.cost import cli as cost_cli  # noqa: E402  (its commands use this module's helpers)
 
-app.command()(cost_cli.cost)
-app.command()(cost_cli.prices)
-app.command()(cost_cli.plan)
+for command in (cost_cli.cost, cost_cli.prices, cost_cli.plan):
+    app.command(epilog=EXIT_CODES)(command)
 
 
 def run() -> None:
