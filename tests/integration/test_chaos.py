@@ -7,7 +7,6 @@ its JSON report and the final checkpoint are what the tests check.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import shutil
 from pathlib import Path
@@ -128,7 +127,8 @@ def test_elastic_job_shrinks_grows_loses_everything_and_comes_back(tmp_path: Pat
     assert grow["steps_lost"] is not None and grow["steps_lost"] < 20, grow
     # Every node announced and gone: nothing lost, no failure; the job waited for a node.
     assert len(gone["nodes"]) == 3 and gone["steps_lost"] == 0
-    assert gone["resumed_step"] == gone["checkpoint_before_kill"] >= 75
+    # (A checkpoint may commit in the instant of the kill, after the report looked: newer.)
+    assert gone["resumed_step"] >= gone["checkpoint_before_kill"] >= 75
     assert back["workers_after"] == gone["workers_after"] == 1
     # The data order: each worker group's first step is the one after its checkpoint.
     starts = [e for e in report["hub_events"] if e["kind"] == "start"]
@@ -166,7 +166,7 @@ def test_elastic_job_grows_back_onto_the_replacement_that_joined_while_it_restar
     process), so that the job grows back from that checkpoint, fewer steps redone than a
     checkpoint interval, instead of waiting out the policy's 60 s for an answer (longer than
     this run) and growing from the last periodic checkpoint. When the replacement is counted
-    at the deadline, the job restarts on both nodes and there is no growth to check. (A 1 s
+    at the deadline, the job must restart once, onto both nodes. (A 1 s
     lead is shorter than the notice's way to a checkpoint at times: steps lost to it are not
     what this test is about.)
     Steps take 0.2 s on 2 workers and 0.4 s on one."""
@@ -178,8 +178,12 @@ def test_elastic_job_grows_back_onto_the_replacement_that_joined_while_it_restar
     report = chaos(tmp_path, update, "25:announced", nodes=2, slow_step_s=0.2, lead_s=1.0)
     assert report["final_step"] == 150
     starts = [e for e in report["hub_events"] if e["kind"] == "start"]
-    assert starts[-1]["world_size"] == 2, starts  # back on both nodes before the end
-    for shrunk, grown in itertools.pairwise(starts[1:]):  # a growth: from the checkpoint it asked for
+    sizes = [e["world_size"] for e in starts]
+    if sizes == [2, 2]:  # the replacement was counted at the deadline: one restart, onto both
+        assert starts[1]["step"] >= 20, starts  # from the notice's checkpoint or the one before
+    else:  # on the node left, then grown back from the checkpoint it asked for
+        assert sizes == [2, 1, 2], starts
+        shrunk, grown = starts[1:]
         reached = max(step for t, step in report["steps"] if t < grown["time"])
         assert grown["step"] > shrunk["step"] and reached - grown["step"] < 20, (shrunk, grown, reached)
     for start in starts:
