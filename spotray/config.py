@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -237,6 +238,16 @@ class JobConfig(Section):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+_REPR = reprlib.Repr()  # bounded however deep or wide the value (Python 3.11 has no kwargs)
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 6, 6, 200, 200
+
+
+def _short_repr(value: Any) -> str:
+    """A value as the user wrote it, cut to 200 characters however big it is."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def _format_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "literal[")))
@@ -246,7 +257,7 @@ def _format_error(source: str, err: ValidationError) -> str:
     elif first["type"] == "missing":
         msg = "required key is missing"
     elif "input" in first and first["type"] not in ("value_error",) and not isinstance(first["input"], dict):
-        msg = f"{msg} (got {first['input']!r})"
+        msg = f"{msg} (got {_short_repr(first['input'])})"
     where = f"{loc}: " if loc else ""
     more = len(err.errors()) - 1
     tail = f" (and {more} more problem{'s' * (more > 1)})" if more else ""
@@ -280,6 +291,12 @@ def load_config(path: str | os.PathLike[str]) -> JobConfig:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read: {err}") from None
     try:
+        size = _expanded_size(yaml.compose(text, Loader=yaml.SafeLoader))
+        if size > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{path}: its aliases expand to {size:,} values (at most {MAX_YAML_NODES:,}): "
+                "a config that size is a mistake or an attack"
+            )
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -287,3 +304,25 @@ def load_config(path: str | os.PathLike[str]) -> JobConfig:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
     return parse_config(data, str(path))
+
+
+# YAML aliases share one parsed value, so a few hundred bytes can stand for billions of
+# values ("billion laughs") that later code (hashing, JSON for a Ray Job) would expand.
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_size(node: yaml.Node | None, memo: dict[int, int] | None = None) -> int:
+    """How many values the document has once every alias is expanded (memoized per node)."""
+    if node is None:
+        return 0
+    memo = {} if memo is None else memo
+    if id(node) not in memo:
+        memo[id(node)] = 1  # a node that contains itself counts once
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        memo[id(node)] = 1 + sum(_expanded_size(child, memo) for child in children)
+    return memo[id(node)]

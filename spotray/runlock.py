@@ -55,6 +55,10 @@ class Holder:
         return now - self.heartbeat < STALE_S
 
 
+def _short(err: OSError) -> str:
+    return " ".join(str(err).split())[:200]
+
+
 def lock_location(run: Location) -> Location:
     parent, name = run.path.rsplit("/", 1)
     uri_parent = run.uri.rsplit("/", 1)[0]
@@ -82,8 +86,12 @@ def hold(run: Location, name: str) -> Iterator[None]:
         since=time.time(),
         heartbeat=time.time(),
     )
-    _refuse_if_held(lock, name, me)
-    _write(lock, me)
+    try:  # the lock is the first write to the storage: its probe, before Ray starts
+        _refuse_if_held(lock, name, me)
+        _write(lock, me)
+    except OSError as err:
+        where = lock.uri.rsplit("/", 1)[0]
+        raise SpotrayError(f"checkpoint storage {where} cannot be written: {_short(err)}") from None
     time.sleep(SETTLE_S)
     _refuse_if_held(lock, name, me)
     stop = threading.Event()

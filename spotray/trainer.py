@@ -25,7 +25,7 @@ from rich.console import Console
 from spotray import checkpoint as ckpt
 from spotray import runlock
 from spotray.config import JobConfig
-from spotray.cost.ledger import RunRecorder, current_cluster
+from spotray.cost.ledger import RunRecorder, current_cluster, ledger_problem
 from spotray.errors import CheckpointMismatchError, Interrupted, SpotrayError, TrainingStopped
 from spotray.metrics import RunMetrics
 from spotray.progress import ProgressView, RunState, start_hub
@@ -93,14 +93,19 @@ class Preflight:
     model: ModelFacts
 
 
-def check_workload(cfg: JobConfig) -> tuple[Workload, ModelFacts]:
+def check_workload(cfg: JobConfig, workers_here: bool) -> tuple[Workload, ModelFacts]:
     """Import and build the workload here, and compute one loss on two samples on the CPU:
-    a workload that cannot run fails as one line before Ray starts, not on every worker."""
+    a workload that cannot run, or a model its workers cannot hold (`workers_here`: they run
+    on this machine), fails as one line before Ray starts, not on every worker."""
+    from spotray.resources import check_fits, count_parameters
     from spotray.storage import export_s3_env
     from spotray.workload import load, smoke_check
 
     export_s3_env(cfg.s3)
     workload = load(cfg.workload.entrypoint, cfg.workload.args)
+    parameters = count_parameters(workload)
+    if parameters is not None:
+        check_fits(cfg, parameters, workers_here)
     return workload, smoke_check(workload, cfg.workload.entrypoint, cfg.seed, cfg.scaling.strategy)
 
 
@@ -284,7 +289,8 @@ def train(
     `progress_every_s` is how often rank 0 reports its step (0: every step). `ray_defaults`
     leaves out spotray's Ray settings and callbacks, for comparisons with Ray alone.
     """
-    workload, facts = check_workload(cfg)  # writes nothing: a bad workload leaves no trace
+    # Writes nothing: a bad workload leaves no trace.
+    workload, facts = check_workload(cfg, workers_here=not attach)
     with runlock.hold(run_location(cfg), cfg.name):  # before --fresh deletes anything
         stop = stop_step or cfg.optimizer.steps
         checked = preflight(cfg, fresh, console, workload, facts)
@@ -299,6 +305,9 @@ def train(
             )
 
         console.print(f"[bold]{cfg.name}[/]: training to step {stop}, checkpoints in {run.uri}")
+        problem = ledger_problem()
+        if problem:
+            console.print(f"[yellow]warning:[/] {problem}", soft_wrap=True)
         start_ray(cfg, attach, log_to_driver)
         if not ray_defaults:
             for key, value in RAY_TRAIN_SETTINGS.items():
@@ -312,9 +321,9 @@ def train(
             # Starts, checkpoints and the watchers' notices, for the bill's lost work.
             gcs = ray.get_runtime_context().gcs_address
             cluster = current_cluster()
-            recorder = RunRecorder(cfg.name, cluster, notices=lambda: read_notices(gcs))
+            recorder = None if problem else RunRecorder(cfg.name, cluster, notices=lambda: read_notices(gcs))
             metrics = RunMetrics(cfg.name, cluster, gcs, state)
-            followers = [view.update, recorder, metrics, *([observer] if observer else [])]
+            followers = [f for f in (view.update, metrics, recorder, observer) if f is not None]
 
             def poll() -> None:
                 seen = 0
@@ -328,7 +337,8 @@ def train(
                         break
                     done.wait(POLL_S)
                 metrics.finish()
-                recorder.close()  # in this thread: SQLite connections belong to the thread that made them
+                if recorder:
+                    recorder.close()  # in this thread: SQLite connections belong to the thread that made them
 
             poller = threading.Thread(target=poll, name="spotray-progress", daemon=True)
             poller.start()

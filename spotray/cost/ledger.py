@@ -266,6 +266,20 @@ def _transition_time(reason: str) -> float | None:
     return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
 
 
+def ledger_problem(path: Path | None = None) -> str | None:
+    """Why the ledger at `path` (default: the user's) cannot be written, or None.
+
+    Asked before a run starts: a ledger that cannot be written costs the run's bill, never
+    the run, and the user hears it once, up front, with the path.
+    """
+    path = path or default_path()
+    try:
+        with Ledger(path):
+            return None
+    except (sqlite3.Error, OSError) as err:
+        return f"cost ledger {path} cannot be written ({err}): this run's cost will not be recorded"
+
+
 class RunRecorder:
     """Copies a run's starts and checkpoints into the ledger as the driver sees them, so that
     the bill can cost the work lost to each preemption. Called from one thread (the driver's
@@ -280,7 +294,7 @@ class RunRecorder:
     ) -> None:
         self.run = run
         self.cluster = cluster if cluster is not None else current_cluster()
-        self.path = path
+        self.path = path or default_path()
         self.notices = notices  # the watchers' records on the cluster, read when the loop saw one
         self._ledger: Ledger | None = None
         self._broken = False
@@ -304,6 +318,6 @@ class RunRecorder:
                 self._ledger.add_run_event(RunEvent(self.run, e.kind, e.time, e.step, self.cluster))
             if read_notices and self.notices is not None:
                 self._ledger.add_notice_records(self.notices())
-        except (sqlite3.Error, ConnectionError, RuntimeError) as err:  # never the run's problem
+        except (sqlite3.Error, OSError, RuntimeError) as err:  # never the run's problem
             self._broken = True
             logging.getLogger(__name__).warning("cost ledger not written (%s): %s", self.path, err)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from spotray.cost.bill import make_bill
-from spotray.cost.ledger import Ledger, Node, RunEvent
+from spotray.cost.ledger import Ledger, Node, RunEvent, RunRecorder, ledger_problem
 from spotray.cost.plan import make_plan
 from spotray.cost.prices import PriceSeries, SpotPrice, UnknownInstanceTypeError, load_on_demand
 from tests.conftest import run_spotray
@@ -140,3 +140,33 @@ def test_offline_says_it_read_the_ledger_only(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         f"error: no nodes of cluster 'empty-cluster' in the ledger {tmp_path / 'ledger.db'}"
     )
+
+
+@pytest.mark.parametrize("make", ["under a file", "not a database"])
+def test_a_ledger_that_cannot_be_written_is_named_before_the_run_and_never_stops_it(
+    tmp_path: Path, make: str
+) -> None:
+    if make == "under a file":
+        (tmp_path / "a-file").write_text("x")
+        path = tmp_path / "a-file" / "ledger.db"
+    else:
+        path = tmp_path / "ledger.db"
+        path.write_text("garbage, not SQLite")
+    problem = ledger_problem(path)
+    assert problem is not None and str(path) in problem and "will not be recorded" in problem
+    recorder = RunRecorder("t", cluster="c", path=path)
+    from spotray.runtime import messages as msg
+
+    started = msg.Started(
+        step=0,
+        world_size=2,
+        nodes=1,
+        resumed_from=None,
+        recovered_unregistered=False,
+        removed=[],
+        skipped=[],
+        pid=1,
+    )
+    recorder(None, [started])  # no exception: the run goes on
+    recorder.close()
+    assert ledger_problem(tmp_path / "fine.db") is None

@@ -11,6 +11,12 @@ from spotray.config import JobConfig, parse_config
 from spotray.errors import ConfigError
 from tests.conftest import TEST_CONFIG, deep_merge, run_spotray, write_config
 
+# 307 bytes whose aliases stand for 54 million values.
+BILLION_LAUGHS = "".join(
+    f"{k}: &{k} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
+    for prev, k in zip(["", *"abcdefg"], "abcdefgh", strict=True)
+).replace("h: &h", "name:")
+
 BAD_CONFIGS = [
     # (what, config update or raw text, words the error must contain)
     ("unknown top-level key", {"epochs": 3}, ["epochs", "unknown key"]),
@@ -60,6 +66,19 @@ BAD_CONFIGS = [
     ),
     ("fallback wait not positive", {"scaling": {"on_demand_after_s": 0}}, ["scaling.on_demand_after_s"]),
     (
+        "model beyond this machine",
+        {"workload": {"args": {"n_embd": 1_000_000}}},
+        ["the model has", "000,000 parameters (", "GB in fp32", "GB free to build it"],
+    ),
+    (
+        "workers beyond this machine",
+        {
+            "scaling": {"max_workers": 10_000},
+            "optimizer": {"global_batch_size": 10_000, "micro_batch_size": 1},
+        },
+        ["10000 worker(s) on this machine need about", "lower scaling.max_workers"],
+    ),
+    (
         "unknown strategy",
         {"scaling": {"strategy": "zero3"}},
         ["scaling.strategy", "'ddp' or 'fsdp'", "'zero3'"],
@@ -99,8 +118,9 @@ def test_bad_config_is_one_line_exit_2(
         ("- just\n- a list\n", ["mapping"]),
         ("seed: 1\n", ["name", "required"]),
         ("name: t\n", ["workload", "required"]),
+        (BILLION_LAUGHS, ["aliases expand to 54,481,013 values"]),
     ],
-    ids=["yaml syntax", "not a mapping", "missing name", "missing workload"],
+    ids=["yaml syntax", "not a mapping", "missing name", "missing workload", "billion laughs"],
 )
 def test_malformed_file(tmp_path: Path, text: str, words: list[str]) -> None:
     path = tmp_path / "bad.yaml"
@@ -108,6 +128,8 @@ def test_malformed_file(tmp_path: Path, text: str, words: list[str]) -> None:
     result = run_spotray(["train", str(path)], cwd=tmp_path, timeout=60)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
+    for word in words:
+        assert word in result.stderr
     for word in words:
         assert word in result.stderr
 
@@ -164,3 +186,11 @@ def test_the_ray_token_goes_over_plain_http_only_to_this_machine(tmp_path: Path)
         "error: refusing to send the Ray token over plain http to 192.0.2.7: use https://, an SSH tunnel "
         "to 127.0.0.1 (`spotray dashboard`), or --insecure"
     )
+
+
+def test_a_huge_value_is_cut_to_200_characters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(tmp_path, {"name": [["x" * 5000] * 100] * 100})
+    result = train_here(path, tmp_path, monkeypatch)
+    assert result.exit_code == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "name: Input should be a valid string (got [['xxx" in line and len(line) < 400, line

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from spotray import runlock
+from spotray.errors import SpotrayError
 from spotray.storage import Location
 from tests.conftest import write_config
 
@@ -21,6 +22,7 @@ HOLDER = """
 import sys, time
 import pyarrow.fs as pafs
 from spotray import runlock
+from spotray.errors import SpotrayError
 from spotray.storage import Location
 run = Location(pafs.LocalFileSystem(), sys.argv[1], sys.argv[1])
 with runlock.hold(run, "t"):
@@ -78,3 +80,11 @@ def test_a_holder_on_another_host_counts_while_its_heartbeat_is_fresh(
     else:
         with runlock.hold(run, "t"):
             assert runlock.read_holder(runlock.lock_location(run)).host != "another-host"
+
+
+def test_storage_that_cannot_be_written_is_one_line_before_ray(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    storage = tmp_path / "a-file" / "runs"
+    expected = r"checkpoint storage .*a-file/runs cannot be written: .*Not a directory"
+    with pytest.raises(SpotrayError, match=expected), runlock.hold(local(storage / "t"), "t"):
+        pass
