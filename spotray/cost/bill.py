@@ -1,11 +1,11 @@
 """The bill: each node priced per second at the price in force at each moment of its life,
 next to what the same node-seconds cost on demand, and what preemptions cost in lost work.
 
-Spot nodes: the node's life is cut at every spot price change of its type in its AZ
-(`PriceSeries.segments`), each piece priced at its own rate. Where the history has no price
-(none read for that AZ, or none before the node started) the piece is priced at the other
-AZs' mean price of the same type at that moment, or else on demand, and the node is marked
-estimated. On-demand nodes: the table's rate.
+Spot nodes: the node's life is cut at every spot price change of its type (in any AZ),
+each piece priced at the rate in force. Where the node's AZ has no price (none read for that
+AZ, or none before the node started) the piece is priced at the other AZs' mean price of the
+same type at that moment, following their changes, or else on demand, and the node is
+marked estimated. On-demand nodes: the table's rate.
 
 Lost work, per preemption at time t: the work since the run's last checkpoint before t is
 redone, and the job stands still until it restarts (the next `start` event), so
@@ -15,6 +15,7 @@ Goodput is 1 - lost node-seconds / billed node-seconds.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -127,9 +128,13 @@ def price_node(
     if node.market == "on-demand":
         cost = on_demand * seconds / 3600
         return NodeBill(node, seconds, cost, cost, False)
-    series = spot.get((node.instance_type, node.az)) or PriceSeries()
+    # Cut the life at every price change of the type in any AZ: a piece priced from the
+    # other AZs follows their changes, not just the price at the node's launch.
+    changes = (s.changes for (itype, _), s in spot.items() if itype == node.instance_type)
+    cuts = sorted({t for series in changes for t, _ in series if node.launch < t < end})
+    bounds = [node.launch, *cuts, end]
     cost, estimated = 0.0, False
-    for a, b, _ in series.segments(node.launch, end):
+    for a, b in itertools.pairwise(bounds):
         rate, guessed = rate_at(node, a, spot, on_demand)
         cost += rate * (b - a) / 3600
         estimated |= guessed

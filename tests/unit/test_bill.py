@@ -76,6 +76,15 @@ def test_a_node_in_an_az_without_history_is_estimated_from_the_other_azs() -> No
     assert round(only.cost, 2) == 12.24 and only.estimated == ["i-d"]
 
 
+def test_a_node_without_history_follows_the_other_azs_price_changes_through_its_life() -> None:
+    lone = Node("i-d", "c", P38, "us-east-1c", "spot", at("12:00"), at("15:00"), "scaled in")
+    bill = make_bill([lone], SPOT, OD, [], now=at("16:00"))
+    # 12:00-14:00 at the mean of 1.20 (1a) and 0.95 (1b); 14:00-15:00, after 1b's change to
+    # 1.10, at the mean of 1.20 and 1.10.
+    assert round(bill.cost, 4) == round(2 * (1.20 + 0.95) / 2 + 1 * (1.20 + 1.10) / 2, 4) == 3.3
+    assert bill.estimated == ["i-d"]
+
+
 def test_an_announced_preemption_right_after_its_checkpoint_costs_only_the_restart() -> None:
     events = [
         *RUN[:1],
