@@ -79,7 +79,7 @@ class RunState:
     tokens_per_s: float | None = None
     world_size: int = 0
     starts: int = 0
-    first_step: int | None = None
+    resumed_from: int | None = None  # where the first worker group really resumed (None: scratch)
     notices: int = 0
     last_checkpoint: msg.Checkpointed | None = None
     stopped: str | None = None  # why the run stopped on its own (msg.Stopped)
@@ -141,8 +141,8 @@ class RunState:
         self._last_start = e.time
         self.starts += 1
         self.world_size = e.world_size
-        if self.first_step is None:
-            self.first_step = e.step
+        if self.starts == 1:
+            self.resumed_from = e.step if e.resumed_from else None
         where = f"from step {e.step}" if e.resumed_from else "from scratch"
         if e.recovered_unregistered:
             where += " (complete in storage, not yet registered by Ray)"

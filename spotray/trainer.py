@@ -363,6 +363,8 @@ def train(
                 f"{cfg.name} stopped: {state.stopped}, before the update; {kept}. Lower optimizer.lr "
                 "or check the data, then run again to resume"
             )
+        # Where the workers really resumed: they verify checksums, the preflight only sizes.
+        resumed = state.resumed_from if state.starts else resumed
         return _summary(cfg, run, state, time.perf_counter() - t0, resumed, checked.workload)
 
 

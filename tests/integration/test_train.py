@@ -135,6 +135,7 @@ def test_ctrl_c_then_faults_in_storage_and_the_run_still_ends_bit_identical(
     said = second.stdout.replace("\n", "")  # the console wraps long lines, folding long paths
     assert f"skipped checkpoint {run / ckpt.dir_name(n)}: __1_0.distcp does not match its checksum" in said
     assert f"started from step {n - 20}" in said
+    assert f"resumed from step {n - 20}" in " ".join(said.split())  # the summary says it too
     assert not (run / ckpt.dir_name(torn) / PADDING).exists()  # the torn folder is gone
     assert_bit_identical(final_state(tmp_path), final_state(reference[0]))
     snapshot = json.loads((run / ckpt.RAY_SNAPSHOT).read_text())
