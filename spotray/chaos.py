@@ -38,7 +38,7 @@ import ray
 from spotray import checkpoint
 from spotray.imds import IMDSClient
 from spotray.imds_server import FakeIMDS
-from spotray.ray_compat import hide_node_death_reports, keep_on_loopback
+from spotray.ray_compat.node import hide_node_death_reports, keep_on_loopback
 from spotray.recovery import FAST_HEALTH_CHECK
 from spotray.runtime import messages as msg
 from spotray.watch import NoticePolicy, RayNode, Watcher, request_checkpoint
@@ -100,7 +100,7 @@ def parse_event(text: str, lead_s: float) -> ChaosEvent:
 class SpotNode:
     """One simulated spot instance: a raylet, its metadata service and its watcher."""
 
-    node: Any  # ray._private.node.Node
+    node: Any  # the node `ray.cluster_utils.Cluster.add_node` returned
     imds: FakeIMDS
     stop: threading.Event
     thread: threading.Thread

@@ -1,21 +1,16 @@
-"""The `spotray` command: parses, calls the library, renders. Errors are one red line.
-
-Every domain error is a `SpotrayError` with its own exit code (2 for bad input); a
-traceback is shown only with `--debug`, and never with local variables (credentials).
-"""
+"""The `spotray` command: parses, calls the library, renders. Errors end as one red line
+through `spotray.terminal.human_errors`, with the exit codes in every --help."""
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
-from spotray.errors import ConfigError, Interrupted, SpotrayError
+from spotray.errors import ConfigError, SpotrayError
+from spotray.terminal import console, debug_on, err_console, human_errors, set_debug
 
 if TYPE_CHECKING:
     from spotray.cluster import ClusterPlan
@@ -34,9 +29,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-console = Console()
-err_console = Console(stderr=True)
-_debug = False
 
 
 @app.callback()
@@ -45,40 +37,11 @@ def main(
         bool, typer.Option("--debug", envvar="SPOTRAY_DEBUG", help="Show tracebacks on errors.")
     ] = False,
 ) -> None:
-    global _debug
-    _debug = debug
+    set_debug(debug)
+    with human_errors():
+        from spotray.ray_compat import check_ray_version
 
-
-@contextlib.contextmanager
-def human_errors() -> Iterator[None]:
-    """Turn domain errors into one line on stderr and a non-zero exit."""
-    try:
-        yield
-    except Interrupted as err:
-        err_console.print(f"[yellow]interrupted[/]: {err}", highlight=False, soft_wrap=True)
-        raise typer.Exit(err.exit_code) from None
-    except SpotrayError as err:
-        if _debug:
-            err_console.print_exception(show_locals=False)
-        err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
-        raise typer.Exit(err.exit_code) from None
-    except (typer.Exit, typer.Abort):
-        raise
-    except KeyboardInterrupt:
-        err_console.print(
-            "[yellow]interrupted[/]: run the same command again to resume from the last checkpoint"
-        )
-        raise typer.Exit(130) from None
-    except Exception as err:  # the edge of the program: anything unexpected is still one line
-        if _debug:
-            err_console.print_exception(show_locals=False)
-            raise typer.Exit(1) from None
-        err_console.print(
-            f"[red]error:[/] {type(err).__name__}: {err} (--debug shows the traceback)",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(1) from None
+        check_ray_version()
 
 
 def _format_duration(seconds: float) -> str:
@@ -141,10 +104,10 @@ def train(
         if address:
             from spotray.jobs import submit
 
-            raise typer.Exit(submit(cfg, address, steps, fresh, console, insecure, ray_logs=_debug))
+            raise typer.Exit(submit(cfg, address, steps, fresh, console, insecure, ray_logs=debug_on()))
         from spotray.trainer import train as run_training
 
-        summary = run_training(cfg, steps, fresh, console, log_to_driver=_debug)
+        summary = run_training(cfg, steps, fresh, console, log_to_driver=debug_on())
         print_summary(summary)
 
 
@@ -335,7 +298,7 @@ def chaos(
             slow_storage_s=slow_storage,
             slow_step_s=slow_step,
             sigterm_grace_s=sigterm_grace,
-            quiet=not _debug,
+            quiet=not debug_on(),
         )
         run_chaos(cfg, options, console)
 
@@ -686,9 +649,9 @@ def _existing(path: Path) -> Path:
 def _gcs_address(address: str) -> str:
     if address != "auto":
         return address
-    from ray._private.services import canonicalize_bootstrap_address
+    from spotray.ray_compat.node import local_gcs_address
 
-    found = canonicalize_bootstrap_address("auto")
+    found = local_gcs_address()
     if not found:
         raise SpotrayError("no Ray cluster runs on this machine (--address auto found none)")
     return found
@@ -757,7 +720,7 @@ def _down_local(cluster_yaml: Path | None, ledger_path: Path | None) -> None:
     console.print(f"[green]down[/]: {cluster.name}; {stopped} process(es) stopped, {closed} node(s) closed")
 
 
-from spotray.cost import cli as cost_cli  # noqa: E402  (its commands use this module's helpers)
+from spotray.cost import cli as cost_cli  # noqa: E402
 
 for command in (cost_cli.cost, cost_cli.prices, cost_cli.plan):
     app.command(epilog=EXIT_CODES)(command)

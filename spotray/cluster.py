@@ -12,7 +12,6 @@ and the ledger: `up` registers the cluster, `down` closes every node in it as to
 from __future__ import annotations
 
 import difflib
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,8 @@ class ClusterPlan:
 def load_cluster_config(path: Path) -> dict[str, Any]:
     """The cluster YAML as Ray fills and validates it; a config Ray rejects is one line."""
     import jsonschema
-    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    from spotray.ray_compat.autoscaler import prepare_and_validate
 
     if not path.exists():
         raise ConfigError(f"{path}: no such file")
@@ -71,10 +71,8 @@ def load_cluster_config(path: Path) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
-    logging.getLogger("ray.autoscaler._private.util").setLevel(logging.WARNING)  # its INFO chatter
     try:
-        config = prepare_config(raw)
-        validate_config(config)
+        config = prepare_and_validate(raw)
     except jsonschema.ValidationError as err:
         where = ".".join(str(p) for p in err.absolute_path) or "top level"
         raise ConfigError(f"{path}: Ray rejects it at {where}: {err.message}") from None

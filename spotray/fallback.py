@@ -35,18 +35,17 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import ray
-from ray.train.v2._internal.execution.scaling_policy import (
-    NoopDecision,
-    ResizeDecision,
-    ScalingDecision,
-)
-from ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client import (
-    AUTOSCALING_REQUESTS_GET_TIMEOUT_S,
-    TrainAutoscalingCoordinatorClient,
-)
 from ray.train.v2.api.config import ScalingConfig
 
 from spotray.growth import PAYBACK_RESTARTS
+from spotray.ray_compat.train import (
+    AUTOSCALING_REQUESTS_GET_TIMEOUT_S,
+    NoopDecision,
+    ResizeDecision,
+    ScalingDecision,
+    TrainAutoscalingCoordinatorClient,
+    coordinator_of,
+)
 from spotray.recovery import FRESH_EVERY_S, FreshElasticPolicy
 
 # Under ray.train: Ray Train writes these next to its own decisions, in the controller log.
@@ -119,8 +118,8 @@ class SpotFallbackPolicy(FreshElasticPolicy):
         return self._on_demand_config._resources_per_worker_not_none
 
     def _spot_workers(self) -> int | None:
-        reserved = self._get_reserved_resources()
-        return None if reserved is None else self._count_possible_workers(reserved)  # Ray's own count
+        reserved = self.reserved_resources()
+        return None if reserved is None else self.possible_workers(reserved)  # Ray's own count
 
     def _on_demand_workers(self) -> int:
         """On-demand workers the coordinator holds for this job, asking for them first."""
@@ -130,13 +129,11 @@ class SpotFallbackPolicy(FreshElasticPolicy):
         if now - self._on_demand_read_at < FRESH_EVERY_S:
             return self._on_demand_seen
         self._on_demand_read_at = now
-        coordinator = self._on_demand_client._autoscaling_coordinator
+        coordinator, requester = coordinator_of(self._on_demand_client)
         try:
             # recompute: new on-demand nodes count now, not at the coordinator's next 20 s tick.
             reserved = ray.get(
-                coordinator.get_reserved_resources.remote(
-                    self._on_demand_client._requester_id, recompute=True
-                ),
+                coordinator.get_reserved_resources.remote(requester, recompute=True),
                 timeout=AUTOSCALING_REQUESTS_GET_TIMEOUT_S,
             )
         except (ray.exceptions.RayError, TimeoutError):  # transient, as Ray's own client treats it
@@ -197,7 +194,7 @@ class SpotFallbackPolicy(FreshElasticPolicy):
 
     def after_controller_start(self, train_run_context: Any) -> None:
         super().after_controller_start(train_run_context)
-        self._on_demand_client = TrainAutoscalingCoordinatorClient(f"{self._requester_id}-on-demand")
+        self._on_demand_client = TrainAutoscalingCoordinatorClient(f"{self.requester_id}-on-demand")
 
     async def before_controller_shutdown(self) -> None:
         await super().before_controller_shutdown()

@@ -32,7 +32,7 @@ import yaml
 
 from spotray.cost.prices import spotray_home
 from spotray.errors import ConfigError, SpotrayError
-from spotray.ray_compat import loopback_env
+from spotray.ray_compat.node import loopback_env
 
 DASHBOARD_PORT = 8265  # Ray's default, used when free
 STOP_GRACE_S = 10.0
@@ -111,18 +111,19 @@ def up_local(config_path: Path, autoscaler_v2: bool = False) -> LocalCluster:
         raise ConfigError(f"{config_path}: --local needs provider type fake_multinode (cluster.local.yaml)")
     extra_env = {}
     if autoscaler_v2:
-        from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
+        from spotray.ray_compat.autoscaler import FAKE_PROVIDER_MODULE, fake_head_node_id
 
+        head_id = fake_head_node_id()
         config["provider"].update(
             type="external",
-            module="ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider",
+            module=FAKE_PROVIDER_MODULE,
             launch_multiple=True,
-            head_node_id=FAKE_HEAD_NODE_ID,
+            head_node_id=head_id,
         )
         extra_env = {  # what Ray's own AutoscalingCluster(autoscaler_v2=True) sets
             "RAY_enable_autoscaler_v2": "1",
-            "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,
-            "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID,
+            "RAY_CLOUD_INSTANCE_ID": head_id,
+            "RAY_OVERRIDE_NODE_ID_FOR_TESTING": head_id,
         }
     name = config["cluster_name"]
     if is_up(name):

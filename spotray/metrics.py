@@ -80,11 +80,12 @@ class RunMetrics:
     """A driver-side follower: gauges every poll, the cluster priced every `PRICE_EVERY_S`."""
 
     def __init__(self, run: str, cluster: str, gcs_address: str, state: RunState) -> None:
-        from ray._raylet import GcsClient
         from ray.util import metrics
 
+        from spotray.ray_compat.node import gcs_client
+
         self.run, self.cluster, self.gcs_address, self.state = run, cluster, gcs_address, state
-        self.gcs = GcsClient(address=gcs_address)
+        self.gcs = gcs_client(gcs_address)
         tags = {"run": {"run": run}, "cluster": {"cluster": cluster}}
         # name -> (the Ray gauge, the tags it is always set with)
         self.gauges = {
@@ -164,9 +165,9 @@ class RunMetrics:
 
 def read_runs(gcs_address: str) -> list[RunSnapshot]:
     """Every run published on the cluster, newest update first."""
-    from ray._raylet import GcsClient
+    from spotray.ray_compat.node import gcs_client
 
-    gcs = GcsClient(address=gcs_address)
+    gcs = gcs_client(gcs_address)
     keys = gcs.internal_kv_keys(RUN_PREFIX.encode(), KV_NAMESPACE)
     runs = [RunSnapshot(**json.loads(gcs.internal_kv_get(k, KV_NAMESPACE))) for k in keys]
     return sorted(runs, key=lambda r: -r.updated)

@@ -51,14 +51,10 @@ from typing import Any
 
 import ray
 from ray.train import UserCallback
-from ray.train.v2._internal.execution.scaling_policy import (
-    ElasticScalingPolicy,
-    NoopDecision,
-    ResizeDecision,
-    ScalingDecision,
-)
 
 from spotray.growth import PAYBACK_RESTARTS, Pace, growth_pays, saved_s
+from spotray.ray_compat.node import draining_node_ids
+from spotray.ray_compat.train import ElasticPolicyBase, NoopDecision, ResizeDecision, ScalingDecision
 from spotray.runtime.messages import CheckpointReport
 from spotray.watch import request_checkpoint
 
@@ -126,7 +122,7 @@ class _Asked:
     at: float  # monotonic, for CHECKPOINT_WAIT_S
 
 
-class FreshElasticPolicy(ElasticScalingPolicy):
+class FreshElasticPolicy(ElasticPolicyBase):
     """Ray Train's elastic policy on a fresh cluster view, growing after a checkpoint it asks
     for (module doc).
 
@@ -142,17 +138,16 @@ class FreshElasticPolicy(ElasticScalingPolicy):
         self._told: tuple[int, int] | None = None  # the growth last logged as not paying
         self._possible_seen = 0  # workers the cluster held at the running group's last look
 
-    def _get_reserved_resources(self) -> Any:
+    def reserved_resources(self) -> Any:
         now = time.monotonic()
         reserved = None
         if now - self._refreshed_at >= FRESH_EVERY_S:
             self._refreshed_at = now
-            reserved = _refresh_coordinator(self._requester_id)
-            if reserved is not None:  # into Ray's own 1 s read cache, which would hide it
-                self._latest_reserved_resources = reserved
-                self._latest_reserved_resources_query_time = now
+            reserved = _refresh_coordinator(self.requester_id)
+            if reserved is not None:
+                self.remember_reserved_resources(reserved, now)
         if reserved is None:
-            reserved = super()._get_reserved_resources()
+            reserved = self.ray_reserved_resources()
         return None if reserved is None else _without_draining(reserved)
 
     def make_decision_for_non_running_worker_group(self) -> ScalingDecision:
@@ -177,20 +172,20 @@ class FreshElasticPolicy(ElasticScalingPolicy):
         if not self.after_checkpoint(reason):
             return NoopDecision()
         # Sized now, not when asked: capacity may have changed while the checkpoint was written.
-        reserved = self._get_reserved_resources()
-        workers = 0 if reserved is None else self._count_possible_workers(reserved)
+        reserved = self.reserved_resources()
+        workers = 0 if reserved is None else self.possible_workers(reserved)
         if workers <= current:
             logger.info("no room to grow any more (%d workers); going on with %d", workers, current)
             return NoopDecision()
         logger.info("growing the worker group %d -> %d workers", current, workers)
-        return self._get_resize_decision(workers)
+        return self.resize_decision(workers)
 
     def _capacity_came_back(self, current: int) -> int:
         """Between Ray's resize checks: the workers the cluster holds now when that is more
         than at the last look (else 0), so that capacity coming back is weighed at once
         instead of up to `resize_check_s` later (as the fallback's move back to spot is)."""
-        reserved = self._get_reserved_resources()
-        possible = 0 if reserved is None else self._count_possible_workers(reserved)
+        reserved = self.reserved_resources()
+        possible = 0 if reserved is None else self.possible_workers(reserved)
         came_back = possible > max(current, self._possible_seen)
         self._possible_seen = possible
         return possible if came_back else 0
@@ -249,7 +244,7 @@ def _without_draining(reserved: dict[str, Any]) -> dict[str, Any]:
     60 s worker-group start timeout (measured: 71 s from three announced kills to training
     on the node that came back, 10 s once they are left out)."""
     try:
-        draining = ray._private.state.state.get_draining_nodes()
+        draining = draining_node_ids()
     except Exception:  # the GCS busy for a moment: a decision on the full view, not a failed run
         logger.warning("could not read the draining nodes; counting every live node", exc_info=True)
         return reserved

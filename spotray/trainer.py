@@ -29,7 +29,7 @@ from spotray.cost.ledger import RunRecorder, current_cluster, ledger_problem
 from spotray.errors import CheckpointMismatchError, Interrupted, SpotrayError, TrainingStopped
 from spotray.metrics import RunMetrics
 from spotray.progress import ProgressView, RunState, start_hub
-from spotray.ray_compat import keep_on_loopback
+from spotray.ray_compat.node import keep_on_loopback, quiet_token_setup_log
 from spotray.runtime import messages as msg
 from spotray.storage import Location, resolve, run_location
 from spotray.watch import read_notices
@@ -154,7 +154,7 @@ def start_ray(cfg: JobConfig, attach: bool, log_to_driver: bool = False) -> None
         return
     keep_on_loopback()
     # "Token authentication is enabled" is news to nobody on a private 127.0.0.1 cluster.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    quiet_token_setup_log()
     scaling = cfg.scaling
     cpus = max(os.cpu_count() or 1, math.ceil(scaling.max_workers * scaling.cpus_per_worker))
     ray.init(
@@ -182,6 +182,7 @@ def build_trainer(
     from ray.train.torch import TorchTrainer
 
     from spotray.fallback import SpotFallbackPolicy
+    from spotray.ray_compat.train import policy_trainer
     from spotray.recovery import FreshClusterView, FreshElasticPolicy, ReportClock
     from spotray.runtime.loop import LoopArgs, train_loop_per_worker
 
@@ -236,23 +237,6 @@ def build_trainer(
             ),
         ),
     )
-
-
-def policy_trainer(make_policy: Callable[[Any], Any]) -> type:
-    """A TorchTrainer whose controller runs `make_policy(scaling_config)` as its scaling policy
-    (spotray.recovery.FreshElasticPolicy, spotray.fallback.SpotFallbackPolicy).
-
-    Ray Train 2.60 builds its scaling policy from the ScalingConfig alone; the one seam to
-    hand it another is the trainer's `_initialize_and_run_controller`.
-    """
-    from ray.train.torch import TorchTrainer
-
-    class PolicyTorchTrainer(TorchTrainer):
-        def _initialize_and_run_controller(self, **kwargs: Any) -> Any:
-            kwargs["scaling_policy"] = make_policy(self.scaling_config)
-            return super()._initialize_and_run_controller(**kwargs)
-
-    return PolicyTorchTrainer
 
 
 def _failure_message(err: Exception) -> str:

@@ -25,6 +25,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from spotray.imds import IMDSClient, IMDSError, RebalanceHint, SpotNotice
+from spotray.ray_compat.node import drain_for_preemption, gcs_client, kv_put
 from spotray.runtime.messages import CheckpointRequest
 
 logger = logging.getLogger("spotray.watch")
@@ -146,12 +147,8 @@ def wait_for_gcs(address: str, stop: threading.Event, probe_timeout_s: float = 1
 def request_checkpoint(reason: str, node_id: str | None = None) -> float:
     """Ask every running training loop of the cluster for a checkpoint now, from a process
     connected to Ray; returns the request's time, which the answering checkpoint reports."""
-    from ray.experimental import internal_kv
-
     request = CheckpointRequest(time.time(), reason, node_id)
-    internal_kv._internal_kv_put(
-        CheckpointRequest.KEY, request.encode(), overwrite=True, namespace=KV_NAMESPACE
-    )
+    kv_put(CheckpointRequest.KEY, request.encode(), KV_NAMESPACE)
     return request.time
 
 
@@ -159,20 +156,11 @@ class RayNode:
     """The Ray side of one node: drain it, ask for a checkpoint, record notices."""
 
     def __init__(self, gcs_address: str, node_id: str) -> None:
-        from ray._raylet import GcsClient
-
-        self.gcs = GcsClient(address=gcs_address)
+        self.gcs = gcs_client(gcs_address)
         self.node_id = node_id
 
     def drain(self, decision: Drain) -> None:
-        from ray.core.generated import autoscaler_pb2
-
-        accepted, why = self.gcs.drain_node(
-            self.node_id,
-            autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
-            decision.reason,
-            decision.deadline_ms,
-        )
+        accepted, why = drain_for_preemption(self.gcs, self.node_id, decision.reason, decision.deadline_ms)
         if not accepted:
             raise RuntimeError(f"Ray refused to drain node {self.node_id}: {why}")
 
@@ -187,9 +175,7 @@ class RayNode:
 
 def read_notices(gcs_address: str) -> list[NoticeRecord]:
     """Every notice recorded on the cluster, oldest first."""
-    from ray._raylet import GcsClient
-
-    gcs = GcsClient(address=gcs_address)
+    gcs = gcs_client(gcs_address)
     keys = gcs.internal_kv_keys(NOTICE_PREFIX.encode(), KV_NAMESPACE)
     records = [NoticeRecord(**json.loads(gcs.internal_kv_get(k, KV_NAMESPACE))) for k in keys]
     return sorted(records, key=lambda r: r.notice_time)

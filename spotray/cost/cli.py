@@ -64,11 +64,11 @@ def cost(
 
       spotray cost --run gpt2-p3-8x8 --json
     """
-    from spotray.cli import console, human_errors
     from spotray.cost import bill as billing
     from spotray.cost.aws import client
     from spotray.cost.ledger import Ledger
     from spotray.cost.prices import load_on_demand, spot_price_history
+    from spotray.terminal import console, human_errors
 
     with human_errors():
         if as_json and as_csv:
@@ -198,9 +198,9 @@ def prices(
 
       spotray prices --refresh --region us-west-2
     """
-    from spotray.cli import console, human_errors
     from spotray.cost.aws import client
     from spotray.cost.prices import PRICING_REGION, load_on_demand, refresh_on_demand, spot_prices_now
+    from spotray.terminal import console, human_errors
 
     with human_errors():
         where = _region(region)
@@ -266,10 +266,10 @@ def plan(
 
       spotray plan --instance-type p3.8xlarge --count 8 --hours 24 --on-demand-price 3.06 --spot-price 0.92
     """
-    from spotray.cli import console, human_errors
     from spotray.cost.aws import client
     from spotray.cost.plan import make_plan
     from spotray.cost.prices import load_on_demand, spot_prices_now
+    from spotray.terminal import console, human_errors
 
     with human_errors():
         where = _region(region)

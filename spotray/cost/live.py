@@ -30,8 +30,6 @@ MARKET_LABEL = "market"
 INSTANCE_TYPE_LABEL = "instance-type"
 ZONE_LABEL = "ray.io/availability-zone"  # Ray sets it from RAY_NODE_ZONE at `ray start`
 REGION_LABEL = "ray.io/availability-region"
-# ray.core.generated.gcs_pb2.NodeDeathInfo.Reason
-_EXPECTED, _UNEXPECTED, _DRAIN_PREEMPTED, _DRAIN_IDLE = 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -67,34 +65,36 @@ class RayNode:
 
 def read_ray_nodes(gcs_address: str) -> list[RayNode]:
     """Every node in the GCS, alive and dead: the head first, then by start."""
-    from ray._raylet import GcsClient
+    from spotray.ray_compat.node import gcs_client
 
-    nodes = [_from_node_info(info) for info in GcsClient(address=gcs_address).get_all_node_info().values()]
+    nodes = [_from_node_info(info) for info in gcs_client(gcs_address).get_all_node_info().values()]
     return sorted(nodes, key=lambda n: (not n.is_head, n.start, n.node_id))
 
 
 def read_draining(gcs_address: str) -> set[str]:
     """The ids of the nodes being drained now (a spot notice, an idle scale-in)."""
-    from ray._raylet import GcsClient
+    from spotray.ray_compat.node import gcs_client
 
-    return {
-        n.hex() if isinstance(n, bytes) else str(n)
-        for n in GcsClient(address=gcs_address).get_draining_nodes()
-    }
+    return {n.hex() if isinstance(n, bytes) else str(n) for n in gcs_client(gcs_address).get_draining_nodes()}
 
 
 def _from_node_info(info: Any) -> RayNode:
     labels = dict(info.labels)
     node_id = info.node_id.hex()
-    alive = info.state == 0  # GcsNodeInfo.ALIVE
+    from spotray.ray_compat.node import node_alive_state, node_death_reasons
+
+    reasons = node_death_reasons()
+    alive = info.state == node_alive_state()
     market = labels.get(MARKET_LABEL) or labels.get("ray.io/market-type") or "on-demand"
     end = info.end_time_ms / 1000 if not alive and info.end_time_ms else None
     reason = None
     if not alive:
         code = info.death_info.reason
-        if code == _DRAIN_PREEMPTED or (code == _UNEXPECTED and market == "spot"):
+        unexpected_spot = code == reasons["UNEXPECTED_TERMINATION"] and market == "spot"
+        scaled_in = code in (reasons["AUTOSCALER_DRAIN_IDLE"], reasons["EXPECTED_TERMINATION"])
+        if code == reasons["AUTOSCALER_DRAIN_PREEMPTED"] or unexpected_spot:
             reason = "preempted"
-        elif code in (_DRAIN_IDLE, _EXPECTED) and not info.is_head_node:
+        elif scaled_in and not info.is_head_node:
             reason = "scaled in"  # the autoscaler's idle drain ends in a SIGTERM: EXPECTED
         else:
             reason = "torn down"

@@ -357,11 +357,10 @@ def staging_dir(run: Location, rank: int) -> Path:
 
 def _checkpoint_request() -> msg.CheckpointRequest | None:
     """The newest "checkpoint now" (a rebalance hint, a growth, a move back to spot), if any."""
-    from ray.experimental import internal_kv
-
+    from spotray.ray_compat.node import kv_get
     from spotray.watch import KV_NAMESPACE
 
-    body = internal_kv._internal_kv_get(msg.CheckpointRequest.KEY, namespace=KV_NAMESPACE)
+    body = kv_get(msg.CheckpointRequest.KEY, KV_NAMESPACE)
     return msg.CheckpointRequest.decode(body)
 
 

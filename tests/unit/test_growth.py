@@ -71,7 +71,7 @@ def test_policy_weighs_capacity_that_came_back_once_without_waiting_for_the_chec
 
     policy = FreshElasticPolicy(ScalingConfig(num_workers=(1, 3), resources_per_worker={"CPU": 1}))
     cluster = {"a": {"CPU": 1.0}}
-    policy._get_reserved_resources = lambda: cluster  # type: ignore[method-assign]
+    policy.reserved_resources = lambda: cluster  # type: ignore[method-assign]
     assert policy._capacity_came_back(1) == 0  # what the job runs on
     cluster["b"] = {"CPU": 1.0}
     assert policy._capacity_came_back(1) == 2  # a node joined: weigh 2 workers now

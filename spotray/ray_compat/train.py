@@ -1,0 +1,88 @@
+"""Ray Train 2.60's scaling policies and controller, which its public API does not open.
+
+Train 2.60 builds its scaling policy from `ScalingConfig` alone. spotray's policies (growth
+from a checkpoint they ask for, draining nodes left out, the on-demand fallback) subclass
+its elastic policy (`ray.train.v2._internal.execution.scaling_policy`) and reach it through
+`ElasticPolicyBase`'s public-named methods only; the controller gets them through
+`TorchTrainer._initialize_and_run_controller`. Public replacement: a pluggable scaling
+policy in `ScalingConfig`, which Ray Train does not have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ray.train.v2._internal.execution.scaling_policy import (
+    ElasticScalingPolicy,
+    NoopDecision,
+    ResizeDecision,
+    ScalingDecision,
+)
+from ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client import (
+    AUTOSCALING_REQUESTS_GET_TIMEOUT_S,
+    TrainAutoscalingCoordinatorClient,
+)
+
+__all__ = [
+    "AUTOSCALING_REQUESTS_GET_TIMEOUT_S",
+    "ElasticPolicyBase",
+    "NoopDecision",
+    "ResizeDecision",
+    "ScalingDecision",
+    "TrainAutoscalingCoordinatorClient",
+    "coordinator_of",
+    "policy_trainer",
+]
+
+
+class ElasticPolicyBase(ElasticScalingPolicy):
+    """Ray's elastic policy, with the few members spotray's policies use under public names.
+
+    Subclasses override `reserved_resources` (not Ray's `_get_reserved_resources`, which
+    this routes to it) and call `ray_reserved_resources` for Ray's own cached read.
+    """
+
+    @property
+    def requester_id(self) -> str:
+        return self._requester_id
+
+    def reserved_resources(self) -> Any:
+        """What the autoscaling coordinator reserves for this job (None: nothing yet)."""
+        return self.ray_reserved_resources()
+
+    def ray_reserved_resources(self) -> Any:
+        return super()._get_reserved_resources()
+
+    def _get_reserved_resources(self) -> Any:  # Ray's own decisions read it here too
+        return self.reserved_resources()
+
+    def remember_reserved_resources(self, reserved: Any, now: float) -> None:
+        """Put a fresh read into Ray's 1 s read cache, which would otherwise hide it."""
+        self._latest_reserved_resources = reserved
+        self._latest_reserved_resources_query_time = now
+
+    def possible_workers(self, reserved: Any) -> int:
+        """How many workers the reservation holds (Ray's own count)."""
+        return self._count_possible_workers(reserved)
+
+    def resize_decision(self, workers: int) -> ScalingDecision:
+        return self._get_resize_decision(workers)
+
+
+def coordinator_of(client: TrainAutoscalingCoordinatorClient) -> tuple[Any, str]:
+    """The coordinator actor behind a client, and the client's requester id."""
+    return client._autoscaling_coordinator, client._requester_id
+
+
+def policy_trainer(make_policy: Callable[[Any], Any]) -> type:
+    """A TorchTrainer whose controller runs `make_policy(scaling_config)` as its scaling
+    policy: the trainer's `_initialize_and_run_controller` is the one place to hand it one."""
+    from ray.train.torch import TorchTrainer
+
+    class PolicyTorchTrainer(TorchTrainer):
+        def _initialize_and_run_controller(self, **kwargs: Any) -> Any:
+            kwargs["scaling_policy"] = make_policy(self.scaling_config)
+            return super()._initialize_and_run_controller(**kwargs)
+
+    return PolicyTorchTrainer

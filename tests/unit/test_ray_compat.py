@@ -1,0 +1,100 @@
+"""The seam's contract with the installed Ray: every private name spotray uses is still
+there and still does what the seam relies on. A failure names the seam to update."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+import pytest
+
+from spotray import ray_compat
+from spotray.errors import SpotrayError
+
+
+def has(obj: Any, name: str, seam: str) -> Any:
+    assert hasattr(obj, name), f"Ray no longer has {getattr(obj, '__name__', obj)}.{name}: update {seam}"
+    return getattr(obj, name)
+
+
+def uses(fn: Any, text: str, seam: str) -> None:
+    assert text in inspect.getsource(fn), f"{fn.__qualname__} no longer uses {text}: update {seam}"
+
+
+NODE = "spotray/ray_compat/node.py"
+TRAIN = "spotray/ray_compat/train.py"
+AUTOSCALER = "spotray/ray_compat/autoscaler.py"
+
+
+def test_the_supported_version_is_installed_and_another_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    ray_compat.check_ray_version()
+    monkeypatch.setattr(ray_compat, "version", lambda _: "2.61.0")
+    with pytest.raises(SpotrayError, match=r"spotray needs Ray 2\.60\.x \(found 2\.61\.0\)"):
+        ray_compat.check_ray_version()
+
+
+def test_loopback_flag_and_driver_printing() -> None:
+    from ray._private import ray_constants, services, worker
+
+    has(ray_constants, "ENABLE_RAY_CLUSTER", NODE)
+    uses(services.get_node_ip_address, "ray_constants.ENABLE_RAY_CLUSTER", NODE)
+    has(worker, "print_to_stdstream", NODE)
+    uses(worker.listen_error_messages, "print_to_stdstream(", NODE)
+    uses(worker.listen_error_messages, '"pid": "raylet"', NODE)
+
+
+def test_gcs_client_kv_drain_and_node_table() -> None:
+    from ray._private import services
+    from ray._raylet import InnerGcsClient  # what GcsClient forwards its methods to
+    from ray.experimental import internal_kv
+
+    for name in ("drain_node", "internal_kv_put", "internal_kv_get", "internal_kv_keys"):
+        has(InnerGcsClient, name, NODE)
+    for name in ("get_all_node_info", "get_draining_nodes"):
+        has(InnerGcsClient, name, NODE)
+    has(internal_kv, "_internal_kv_get", NODE)
+    has(internal_kv, "_internal_kv_put", NODE)
+    has(services, "canonicalize_bootstrap_address", NODE)
+    state = importlib.import_module("ray._private.state")
+    has(state.state, "get_draining_nodes", NODE)
+    from ray.core.generated import autoscaler_pb2
+
+    assert "DRAIN_NODE_REASON_PREEMPTION" in autoscaler_pb2.DrainNodeReason.keys(), NODE
+    reasons = ray_compat.node.node_death_reasons()
+    expected = ("EXPECTED_TERMINATION", "UNEXPECTED_TERMINATION", "AUTOSCALER_DRAIN_PREEMPTED")
+    for name in (*expected, "AUTOSCALER_DRAIN_IDLE"):
+        assert name in reasons, f"NodeDeathInfo.Reason has no {name}: update {NODE}"
+    assert ray_compat.node.node_alive_state() == 0
+
+
+def test_train_policy_members_and_controller_hook() -> None:
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.execution.scaling_policy import ElasticScalingPolicy
+    from ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client import (
+        TrainAutoscalingCoordinatorClient,
+    )
+
+    for name in ("_get_reserved_resources", "_count_possible_workers", "_get_resize_decision"):
+        has(ElasticScalingPolicy, name, TRAIN)
+    source = inspect.getsource(ElasticScalingPolicy)
+    for name in ("_requester_id", "_latest_reserved_resources", "_latest_reserved_resources_query_time"):
+        assert f"self.{name}" in source, f"ElasticScalingPolicy no longer keeps {name}: update {TRAIN}"
+    uses(ElasticScalingPolicy.make_decision_for_running_worker_group, "_get_reserved_resources", TRAIN)
+    client = inspect.getsource(TrainAutoscalingCoordinatorClient)
+    assert "self._autoscaling_coordinator" in client and "self._requester_id" in client, TRAIN
+    from ray.train.v2._internal.execution.controller import TrainController
+
+    hook = has(TorchTrainer, "_initialize_and_run_controller", TRAIN)
+    uses(hook, "**controller_init_kwargs", TRAIN)  # handed on to the controller as they come
+    assert "scaling_policy" in inspect.signature(TrainController.__init__).parameters, TRAIN
+
+
+def test_launcher_config_checks_and_fake_provider() -> None:
+    from ray.autoscaler._private import util
+
+    has(util, "prepare_config", AUTOSCALER)
+    has(util, "validate_config", AUTOSCALER)
+    module, _, cls = ray_compat.autoscaler.FAKE_PROVIDER_MODULE.rpartition(".")
+    has(importlib.import_module(module), cls, AUTOSCALER)
+    assert ray_compat.autoscaler.fake_head_node_id()
