@@ -317,6 +317,7 @@ def print_summary(summary: object) -> None:
         ("notices", str(summary.notices)),
         ("resumed from", f"step {summary.resumed_from_step}" if summary.resumed_from_step else "scratch"),
         ("checkpoint", summary.checkpoint_uri or "none"),
+        *([("compile", f"{summary.warmup_s:.1f} s of warm-up (first steps)")] if summary.warmup_s else []),
     ]
     for key, value in rows:
         console.print(f"  {key:<13}{value}", highlight=False)

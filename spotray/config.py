@@ -53,6 +53,11 @@ class RuntimeSection(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on GPUs that support it, fp32 on CPU"
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile the model: faster steps after a warm-up on the first step of "
+        "each start (reported apart)",
+    )
 
 
 class OptimizerSection(Section):

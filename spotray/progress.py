@@ -83,6 +83,7 @@ class RunState:
     notices: int = 0
     last_checkpoint: msg.Checkpointed | None = None
     stopped: str | None = None  # why the run stopped on its own (msg.Stopped)
+    warmup_s: float = 0.0  # runtime.compile: every start's first step, summed
     notes: list[str] = field(default_factory=list)
     started_at: float | None = None  # the first start event's time
     steps_lost: int = 0  # steps trained, then redone after a restart
@@ -122,6 +123,9 @@ class RunState:
                     f"preemption notice at step {e.step} ({len(e.nodes)} node(s){when}): checkpoint now"
                 )
                 self.notices += 1
+            elif isinstance(e, msg.WarmedUp):
+                self.warmup_s += e.seconds
+                lines.append(f"compiled: the first step at {e.step} took {e.seconds:.1f} s")
             elif isinstance(e, msg.Holding):
                 lines.append(
                     f"checkpointed step {e.step} ahead of the deadline; holding until the node is gone"

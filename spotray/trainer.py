@@ -65,6 +65,7 @@ class RunSummary:
     resumed_from_step: int | None
     evaluation: dict[str, float]  # Workload.evaluate at the last checkpoint
     preview: str | None  # Workload.preview of the final model
+    warmup_s: float = 0.0  # runtime.compile's first steps, in wall_s but apart from the pace
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -369,6 +370,7 @@ def _summary(
         resumed_from_step=resumed,
         evaluation=dict(meta.get("evaluation") or {}),
         preview=preview(workload, final, cfg.seed) if final else None,
+        warmup_s=state.warmup_s,
     )
 
 

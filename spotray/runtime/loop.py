@@ -104,7 +104,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         strategy.shard(model, workload, bf16, device)
     else:
         model = model.to(device)
-    optimizer = workload.build_optimizer(model.parameters()) or default_optimizer(model, opt_cfg)
+    fused = device.type == "cuda" and not fsdp  # fused AdamW over DTensors is left to FSDP users
+    optimizer = workload.build_optimizer(model.parameters()) or default_optimizer(model, opt_cfg, fused)
     scheduler = schedule(optimizer, opt_cfg)
     trainee = Trainee(model, optimizer, scheduler, workload)
     # DCP's collectives get a gloo group of their own: they run on the writer's thread.
@@ -129,6 +130,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     resume = decision.checkpoint
 
     wrapped = strategy.wrap(model, cfg.scaling.strategy)
+    if cfg.runtime.compile:  # parameters stay `model`'s: checkpoints are the same either way
+        wrapped = torch.compile(wrapped)
+    warming = cfg.runtime.compile  # this start's first step compiles
     amp = autocast(device, bf16 and not fsdp)  # FSDP's mixed-precision policy casts instead
     order = GlobalOrder(workload.num_samples(), batch, cfg.seed)
     tokens = workload.tokens_per_sample()
@@ -282,7 +286,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             time.sleep(max(0.0, slow_step_s - (time.perf_counter() - t0)))
 
         dt = time.perf_counter() - t0
-        step_s = dt if step_s == 0 else 0.9 * step_s + 0.1 * dt
+        if warming:  # the compile's time is reported apart, not taken for the step's pace
+            warming = False
+            tell(msg.WarmedUp(step=step, seconds=dt))
+        else:
+            step_s = dt if step_s == 0 else 0.9 * step_s + 0.1 * dt
         if restart_s is None:
             restart_s = time.time() - born
         progress = Progress(

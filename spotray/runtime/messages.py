@@ -82,6 +82,15 @@ class Noticed(Event):
 
 
 @dataclass
+class WarmedUp(Event):
+    """The first step of a start under `runtime.compile` ran: its time is the compile's."""
+
+    kind: ClassVar[str] = "warmup"
+    step: int
+    seconds: float
+
+
+@dataclass
 class Holding(Event):
     """The last checkpoint before the deadline is written; the loop takes no more steps."""
 

@@ -20,14 +20,21 @@ def lr_factor(opt: OptimizerSection, step: int) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def default_optimizer(model: torch.nn.Module, opt: OptimizerSection) -> torch.optim.AdamW:
-    """AdamW from `optimizer:`, with weight decay on matrices only (nanoGPT's grouping)."""
+def default_optimizer(
+    model: torch.nn.Module, opt: OptimizerSection, fused: bool = False
+) -> torch.optim.AdamW:
+    """AdamW from `optimizer:`, with weight decay on matrices only (nanoGPT's grouping).
+
+    `fused`: one kernel for the whole update (CUDA: the gpt2 preset's raw step on an H200 ran
+    at 526k tok/s against 508k with `foreach`); otherwise the multi-tensor `foreach` kernels.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": opt.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=opt.lr, betas=(opt.beta1, opt.beta2), foreach=True)
+    kind = {"fused": True} if fused else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=opt.lr, betas=(opt.beta1, opt.beta2), **kind)
 
 
 def schedule(optimizer: torch.optim.Optimizer, opt: OptimizerSection) -> torch.optim.lr_scheduler.LambdaLR:

@@ -191,3 +191,29 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_finite_checkpoints(tmp_pa
     assert metas and max(m["step"] for m in metas) == newest
     assert all(math.isfinite(m["loss"]) for m in metas)
     assert "restart" not in result.stdout  # stopped once, not retried max_failures times
+
+
+def test_compiled_steps_stop_and_resume_bit_identical(tmp_path: Path) -> None:
+    """`runtime.compile: true`: a run stopped at step 20 and resumed (a new process, a new
+    compile) ends bit for bit as an uninterrupted compiled run, and each start's compile
+    time is reported apart from the pace."""
+    update = {
+        "runtime": {"compile": True},
+        "optimizer": {"steps": 40},
+        "scaling": {"min_workers": 1, "max_workers": 1},
+        "checkpoint": {"interval": 10},
+    }
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    for folder in (whole, halves):
+        folder.mkdir()
+    done = run_spotray(["train", str(write_config(whole, update))], cwd=whole)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = write_config(halves, update)
+    first = run_spotray(["train", str(config), "--steps", "20"], cwd=halves)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_spotray(["train", str(config)], cwd=halves)
+    assert second.returncode == 0, second.stderr[-3000:]
+    said = " ".join(second.stdout.split())
+    assert "started from step 20" in said and "compiled: the first step at 21 took" in said
+    assert re.search(r"compile \d+\.\d s of warm-up \(first steps\)", said), said
+    assert_bit_identical(final_state(halves, 40), final_state(whole, 40))
