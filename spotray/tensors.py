@@ -8,7 +8,7 @@ one written under DDP loads under FSDP and back.
 
 DCP keeps only tensors here. Everything else in the state (the optimizer's param groups,
 the schedule, counters) goes to rank 0's `trainer.pt`, loaded with `weights_only=True`: DCP
-would store it as pickled bytes and load those with `weights_only=False`, and whoever can
+would store it as pickled bytes and unpickle those without restriction, and whoever can
 write the bucket must not be able to run code at the next resume. For the same reason the
 `.metadata` index (a pickle) is read by an unpickler that builds DCP's metadata types only.
 """
