@@ -28,10 +28,10 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import torch
 
-from spotray import checkpoint as ckpt
-from spotray import tensors
 from spotray.config import BUILTIN_GPT, parse_config
+from spotray.runtime import checkpoint as ckpt
 from spotray.runtime import messages as msg
+from spotray.runtime import tensors
 from spotray.runtime.loop import Trainee, _start_checkpoint
 from spotray.runtime.optim import default_optimizer, schedule
 from spotray.runtime.order import GlobalOrder, micro_batches

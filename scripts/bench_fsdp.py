@@ -36,10 +36,9 @@ import torch.multiprocessing as mp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spotray import checkpoint as ckpt  # noqa: E402
-from spotray import tensors  # noqa: E402
 from spotray.config import BUILTIN_GPT, parse_config  # noqa: E402
-from spotray.runtime import strategy  # noqa: E402
+from spotray.runtime import checkpoint as ckpt  # noqa: E402
+from spotray.runtime import strategy, tensors  # noqa: E402
 from spotray.runtime.optim import default_optimizer  # noqa: E402
 from spotray.workload import load, units_to_shard  # noqa: E402
 

@@ -41,11 +41,11 @@ restarts cost seconds, not steps, so it rises with the job's length; the default
 steps) is what fits four runs in 15 minutes.
 
 Then the three policies are projected to a 24-hour, 8-node p3.8xlarge job with
-spotray.simulator over the vendored 16-node availability traces (data/spot-traces), with the restart seconds
-measured here: article and ray-alone as a fixed-size job that loses the work since its last
-periodic checkpoint (every 30 minutes) at each preemption (a SIGTERM save of a multi-GB
-checkpoint does not fit in the seconds an instance has after its shutdown starts), spotray as
-an elastic 4..8 job that loses none; next to the all on-demand bill.
+spotray.spot.simulator over the vendored 16-node availability traces (data/spot-traces),
+with the restart seconds measured here: article and ray-alone as a fixed-size job that loses
+the work since its last periodic checkpoint (every 30 minutes) at each preemption (a SIGTERM
+save of a multi-GB checkpoint does not fit in the seconds an instance has after its shutdown
+starts), spotray as an elastic 4..8 job that loses none; next to the all on-demand bill.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from spotray.chaos import parse_event  # noqa: E402
-from spotray.simulator import Job, Trace, simulate  # noqa: E402
+from spotray.chaos.harness import parse_event  # noqa: E402
+from spotray.spot.simulator import Job, Trace, simulate  # noqa: E402
 
 NAME = "bench-preemption"
 CONFIG: dict[str, Any] = {
@@ -107,7 +107,7 @@ def merged(update: dict[str, Any]) -> dict[str, Any]:
 
 
 def final_state(checkpoint: str) -> dict[str, Any]:
-    from spotray import tensors
+    from spotray.runtime import tensors
 
     return tensors.read_state(Path(checkpoint))
 

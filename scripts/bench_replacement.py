@@ -43,9 +43,9 @@ def trial(version: str, deadline_s: float) -> dict:
     """One cluster, one drain; runs in its own process (a fresh Ray driver)."""
     os.environ["SPOTRAY_HOME"] = tempfile.mkdtemp(prefix="bench-replacement-")
     os.environ["AUTOSCALER_UPDATE_INTERVAL_S"] = "1"  # Ray's tests' setting; default 5 s
-    from spotray.jobs import use_token_auth_if_available
-    from spotray.local import down_local, up_local
-    from spotray.watch import Drain, RayNode
+    from spotray.cluster.auth import use_token_auth_if_available
+    from spotray.cluster.local import down_local, up_local
+    from spotray.spot.watch import Drain, RayNode
 
     config = yaml.safe_load((ROOT / "cluster.local.yaml").read_text())
     config["cluster_name"] = f"bench-replacement-{version}"

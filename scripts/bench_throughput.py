@@ -7,7 +7,7 @@
 Same workload (examples/hf_lm/job.yaml's Hugging Face GPT-2, or --config's), same model,
 global batch and micro-batches, same data order, same number of workers, same precision
 (gloo on CPU, NCCL and `runtime.precision` on GPUs):
-- spotray: `spotray.trainer.train` (Ray Train, progress hub, the all-reduced loss, and
+- spotray: `spotray.driver.trainer.train` (Ray Train, progress hub, the all-reduced loss, and
   asynchronous checkpoints every 50 steps, as in the demo);
 - DDP: torch.multiprocessing + DistributedDataParallel, no Ray, no checkpoints.
 Throughput is measured in steady state, from step --warmup to step --warmup + --steps
@@ -33,8 +33,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from spotray import checkpoint as ckpt
 from spotray.config import JobConfig, load_config
+from spotray.runtime import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,8 +57,8 @@ def run_spotray(cfg: JobConfig, warmup: int, steps: int) -> float:
     import ray
     from rich.console import Console
 
-    from spotray.storage import run_location
-    from spotray.trainer import train
+    from spotray.driver.trainer import train
+    from spotray.runtime.storage import run_location
 
     train(cfg, warmup + steps, fresh=True, console=Console(quiet=True))
     ray.shutdown()
@@ -135,7 +135,7 @@ def run_ray_plain(cfg: JobConfig, warmup: int, steps: int) -> float:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from spotray.trainer import start_ray
+    from spotray.driver.trainer import start_ray
 
     def loop(config: dict) -> None:
         ctx = ray.train.get_context()

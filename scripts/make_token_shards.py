@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from spotray.config import S3Section
-from spotray.storage import resolve
+from spotray.runtime.storage import resolve
 from train.data import BUILTIN_PYDOC, BYTE_VOCAB, load_tokens, write_token_shards
 
 

@@ -1,11 +1,11 @@
-"""Replay spot availability traces for a job under the four policies of spotray.simulator.
+"""Replay spot availability traces for a job under the four policies of spotray.spot.simulator.
 
     python scripts/simulate_spot.py                                   # the vendored 16-node traces
     python scripts/simulate_spot.py --trace t.json --workers 8 --steps 5000 --plot out.png
 
 For each trace and policy (fixed W, elastic min..max, elastic with on-demand fallback, all
 on-demand): completion time, goodput, spot and on-demand dollars, and a PNG of workers and
-progress over time. The model and its assumptions are in spotray/simulator.py.
+progress over time. The model and its assumptions are in spotray/spot/simulator.py.
 
 Defaults (GPT-2 124M on 16 x p3.2xlarge, 0.5M tokens per step):
 - step 1.1 s at 16 workers: a V100 trains this model at about 30k tokens/s;
@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from spotray.simulator import POLICIES, Job, Result, Trace, simulate  # noqa: E402
+from spotray.spot.simulator import POLICIES, Job, Result, Trace, simulate  # noqa: E402
 
 TRACES = REPO / "data" / "spot-traces" / "availability" / "16-node"  # vendored: data/spot-traces/SOURCE.md
 

@@ -19,8 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from spotray.elastic.growth import PAYBACK_RESTARTS
 from spotray.errors import ConfigError
-from spotray.growth import PAYBACK_RESTARTS
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
@@ -161,7 +161,7 @@ class CheckpointSection(Section):
         "./runs", description="local folder or s3://bucket/prefix; the run lives in <path>/<name>"
     )
     interval: int | Literal["auto"] = Field(
-        50, description="steps between checkpoints, or auto (Young/Daly, see spotray.interval)"
+        50, description="steps between checkpoints, or auto (Young/Daly, see spotray.elastic.interval)"
     )
     keep: int = Field(3, gt=0, description="newest checkpoints kept (CheckpointConfig.num_to_keep)")
     prior_mtbf_hours: float = Field(

@@ -23,7 +23,7 @@ from typing import Any
 
 from spotray.cost.prices import PriceSeries, SpotPrice, series_by_market, spotray_home
 from spotray.runtime import messages as msg
-from spotray.watch import NoticeRecord
+from spotray.spot.watch import NoticeRecord
 
 CLUSTER_TAG = "ray-cluster-name"  # what Ray's AWS node provider tags every node with
 NODE_TYPE_TAG = "ray-user-node-type"
@@ -191,7 +191,7 @@ class Ledger:
             )
 
     def add_notice_records(self, records: Iterable[NoticeRecord]) -> None:
-        """The watchers' records (`spotray.watch`): spot interruptions and rebalance hints."""
+        """The watchers' records (`spotray.spot.watch`): spot interruptions and rebalance hints."""
         for r in records:
             deadline = _iso(r.deadline) if r.deadline else None
             instance = r.instance_id or r.node_id

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from spotray.interval import young_daly_seconds
+from spotray.elastic.interval import young_daly_seconds
 
 
 @dataclass(frozen=True)

@@ -32,16 +32,15 @@ import torch
 import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointUploadMode
 
-from spotray import checkpoint as ckpt
-from spotray import preemption, tensors
 from spotray.config import JobConfig
-from spotray.interval import Observation, policy_for
+from spotray.elastic.interval import Observation, policy_for
+from spotray.runtime import checkpoint as ckpt
 from spotray.runtime import messages as msg
-from spotray.runtime import strategy
+from spotray.runtime import preemption, strategy, tensors
 from spotray.runtime.optim import autocast, default_optimizer, schedule, uses_bf16
 from spotray.runtime.order import GlobalOrder, micro_batches, to_device
 from spotray.runtime.resume import Progress, choose_checkpoint, restore
-from spotray.storage import Location, export_s3_env
+from spotray.runtime.storage import Location, export_s3_env
 from spotray.workload import Workload, load, model_shapes
 
 logger = logging.getLogger("spotray.runtime")
@@ -366,7 +365,7 @@ def staging_dir(run: Location, rank: int) -> Path:
 def _checkpoint_request() -> msg.CheckpointRequest | None:
     """The newest "checkpoint now" (a rebalance hint, a growth, a move back to spot), if any."""
     from spotray.ray_compat.node import kv_get
-    from spotray.watch import KV_NAMESPACE
+    from spotray.spot.watch import KV_NAMESPACE
 
     body = kv_get(msg.CheckpointRequest.KEY, KV_NAMESPACE)
     return msg.CheckpointRequest.decode(body)

@@ -111,7 +111,7 @@ class Stopped(Event):
 @dataclass(frozen=True)
 class CheckpointReport:
     """The metrics of a checkpoint's `ray.train.report`: progress, and the loop's pace, which
-    spotray's scaling policies weigh a growth with (spotray.growth)."""
+    spotray's scaling policies weigh a growth with (spotray.elastic.growth)."""
 
     step: int
     loss: float

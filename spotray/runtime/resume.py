@@ -1,7 +1,7 @@
 """Where a (re)started worker group resumes from, and loading it.
 
 Rank 0 chooses the newest complete checkpoint in storage (Ray's latest registered one, or a
-newer complete one that Ray never registered: see spotray.checkpoint) and every rank loads
+newer complete one that Ray never registered: see spotray.runtime.checkpoint) and every rank loads
 it. A fresh start seeds every rank from (seed, 0, rank).
 """
 
@@ -18,10 +18,10 @@ import ray.train.collective
 import torch
 from ray.train import Checkpoint, CheckpointConsistencyMode, CheckpointUploadMode
 
-from spotray import checkpoint as ckpt
-from spotray import tensors
 from spotray.errors import CheckpointMismatchError
-from spotray.storage import Location
+from spotray.runtime import checkpoint as ckpt
+from spotray.runtime import tensors
+from spotray.runtime.storage import Location
 from spotray.workload import Workload
 
 logger = logging.getLogger("spotray.runtime")
@@ -196,7 +196,7 @@ def restore(
     else:  # other ranks, other streams
         seed_rank(seed, progress.step, rank)
     if not decision.registered:
-        # Written whole but never registered by Ray (see spotray.checkpoint): register it
+        # Written whole but never registered by Ray (see spotray.runtime.checkpoint): register it
         # in place, so Ray's retention and get_checkpoint() know it from now on.
         ray.train.report(
             {"step": progress.step, "loss": progress.loss},

@@ -5,7 +5,7 @@ wraps it. Under `fsdp`, `fully_shard` is applied to each unit (the workload's
 `shard_units`, or the blocks of its largest ModuleList) and then to the root, before the
 optimizer is built, so the optimizer state is sharded too. bf16 then goes through FSDP2's
 mixed-precision policy (bf16 compute and all-gathers, fp32 gradient reduction and master
-weights) instead of autocast. Checkpoints are the same for both (spotray.tensors).
+weights) instead of autocast. Checkpoints are the same for both (spotray.runtime.tensors).
 """
 
 from __future__ import annotations

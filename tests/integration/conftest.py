@@ -11,8 +11,8 @@ import pytest
 import torch
 from moto.server import ThreadedMotoServer
 
-from spotray import checkpoint as ckpt
-from spotray import tensors
+from spotray.runtime import checkpoint as ckpt
+from spotray.runtime import tensors
 from tests.conftest import REPO, TEST_CONFIG, free_port, run_spotray, write_config
 
 STEPS = TEST_CONFIG["optimizer"]["steps"]
@@ -128,7 +128,7 @@ def cluster_yaml_on_moto(moto: str, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     import boto3
     import yaml
 
-    from spotray import iam
+    from spotray.cluster import iam
 
     monkeypatch.setenv("HOME", str(tmp_path))  # Ray writes the SSH key it creates under ~/.ssh
     image = boto3.client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from spotray import checkpoint as ckpt
+from spotray.runtime import checkpoint as ckpt
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
@@ -48,7 +48,7 @@ def kill_one_worker(root_pid: int) -> int:
 
 
 def complete_checkpoint(run_dir: Path, step: int) -> Callable[[], bool]:
-    from spotray.storage import Location
+    from spotray.runtime.storage import Location
 
     folder = run_dir / ckpt.dir_name(step)
 

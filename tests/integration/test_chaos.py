@@ -109,7 +109,7 @@ def test_elastic_job_shrinks_grows_loses_everything_and_comes_back(tmp_path: Pat
     update = {
         **ELASTIC,
         # 0: grow whenever there is room. This 30 s run is too short for any growth to pay
-        # for two restarts (spotray.growth); the next test checks that rule. Ray's resize
+        # for two restarts (spotray.elastic.growth); the next test checks that rule. Ray's resize
         # check stays at its 60 s, longer than the run: the growth must come from spotray
         # weighing the added node as soon as it is seen.
         "scaling": {"min_workers": 1, "max_workers": 3, "grow_payback_restarts": 0},

@@ -20,7 +20,7 @@ from ray.autoscaler._private.util import (
 )
 from ray.autoscaler.tags import TAG_RAY_NODE_KIND, TAG_RAY_NODE_NAME, TAG_RAY_USER_NODE_TYPE
 
-from spotray.imds_server import FakeIMDS
+from spotray.chaos.imds_server import FakeIMDS
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -118,7 +118,7 @@ def test_ray_aws_provider_launches_every_worker_type(cluster_yaml_on_moto: Path)
         assert instance["MetadataOptions"]["HttpTokens"] == "required"
         assert instance["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
         assert instance["IamInstanceProfile"]["Arn"].endswith("instance-profile/spotray-checkpoints")
-    # Those profiles are spotray's own (from spotray/iam/), bound to this cluster's tag.
+    # Those profiles are spotray's own (from spotray/cluster/iam/), bound to this cluster's tag.
     head_policy = boto3.client("iam").get_role_policy(RoleName="spotray-head", PolicyName="spotray-head")
     assert '"aws:ResourceTag/ray-cluster-name": "spotray"' in json.dumps(head_policy["PolicyDocument"])
     groups = {g["GroupId"]: g for g in ec2.describe_security_groups()["SecurityGroups"]}

@@ -14,7 +14,7 @@ import psutil
 import pytest
 import yaml
 
-from spotray import checkpoint as ckpt
+from spotray.runtime import checkpoint as ckpt
 from tests.conftest import REPO, TEST_CONFIG, free_port, run_spotray, spotray_env, write_config
 from tests.integration.faults import wait_for
 

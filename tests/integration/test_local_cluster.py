@@ -22,7 +22,7 @@ import psutil
 import pytest
 import yaml
 
-from spotray.local import LocalCluster, cluster_processes, down_processes, load_state
+from spotray.cluster.local import LocalCluster, cluster_processes, down_processes, load_state
 from tests.conftest import REPO, SPOTRAY, no_aws_env, run_spotray, spotray_env, write_config
 
 pytestmark = pytest.mark.integration

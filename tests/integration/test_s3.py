@@ -12,9 +12,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from spotray import checkpoint as ckpt
 from spotray.config import S3Section
-from spotray.storage import resolve
+from spotray.runtime import checkpoint as ckpt
+from spotray.runtime.storage import resolve
 from tests.conftest import run_spotray, spotray_env, write_config
 from tests.integration.conftest import FAKE_AWS, STEPS, assert_bit_identical, final_state
 from tests.integration.faults import train_killing_a_worker

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from spotray import checkpoint as ckpt
-from spotray import tensors
+from spotray.runtime import checkpoint as ckpt
+from spotray.runtime import tensors
 from tests.conftest import SPOTRAY, run_spotray, spotray_env, write_config
 from tests.integration.conftest import BATCH, STEPS, assert_bit_identical, final_state
 from tests.integration.faults import (

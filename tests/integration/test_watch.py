@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import ray
 
+from spotray.chaos.imds_server import FakeIMDS
+from spotray.cluster.status import read_status
 from spotray.cost.ledger import Ledger
-from spotray.imds import IMDSClient
-from spotray.imds_server import FakeIMDS
 from spotray.runtime.messages import CheckpointRequest
-from spotray.status import read_status
-from spotray.watch import (
+from spotray.spot.imds import IMDSClient
+from spotray.spot.watch import (
     KV_NAMESPACE,
     NoticePolicy,
     RayNode,
@@ -112,8 +112,8 @@ def test_notice_drains_the_node_once_with_its_deadline(imds, node, tmp_path: Pat
 def test_a_drained_node_is_not_counted_for_the_next_worker_group(cluster, imds, node) -> None:
     """Ray places nothing new on a draining node, but the autoscaling coordinator counts it
     while it is alive: an elastic job restarted at the notice's deadline must not be sized
-    on it (spotray.recovery)."""
-    from spotray.recovery import _without_draining
+    on it (spotray.elastic.recovery)."""
+    from spotray.elastic.recovery import _without_draining
 
     head = cluster.head_node.node_id  # never drained (an earlier test's node may still be)
     reserved = {node[1]: {"probe": 1.0}, head: {"CPU": 1.0}}  # the coordinator's shape

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from spotray import checkpoint as ckpt
-from spotray import tensors
+from spotray.runtime import checkpoint as ckpt
+from spotray.runtime import tensors
 from tests.conftest import REPO, deep_merge, run_spotray, spotray_env
 from tests.integration.conftest import assert_bit_identical, assert_same_trajectory
 from tests.integration.faults import complete_checkpoint, train_killing_a_worker

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from spotray.auth import ensure_token
+from spotray.cluster.auth import ensure_token
 
 
 def test_a_private_token_is_created_once_and_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,9 +14,9 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from spotray import checkpoint as ckpt
-from spotray import tensors
-from spotray.storage import Location
+from spotray.runtime import checkpoint as ckpt
+from spotray.runtime import tensors
+from spotray.runtime.storage import Location
 
 
 def local(path: Path) -> Location:
@@ -78,7 +78,7 @@ def test_torn_checkpoint_is_never_the_latest(tmp_path: Path, damage, problem: st
 WRITER = """
 import sys, torch
 from pathlib import Path
-from spotray import checkpoint as ckpt
+from spotray.runtime import checkpoint as ckpt
 writer = ckpt.CheckpointWriter(Path(sys.argv[1]), 0)
 big = torch.zeros(150_000_000)  # 600 MB: long enough to be killed in the middle
 writer.start(30, {"model/w": big}, {ckpt.rng_file(0): ckpt.rng_state()},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spotray.fallback import FallbackRule, _count
+from spotray.elastic.fallback import FallbackRule, _count
 
 
 def test_waits_on_spot_until_the_wait_is_over_then_takes_on_demand_at_min() -> None:

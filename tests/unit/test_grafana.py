@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import spotray
-from spotray.metrics import GAUGES, NOTICE_COUNTER
+from spotray.driver.metrics import GAUGES, NOTICE_COUNTER
 
 DASHBOARD = Path(spotray.__file__).parent / "dashboards" / "grafana.json"
 

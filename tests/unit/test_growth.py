@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spotray.growth import Pace, growth_pays, saved_s
+from spotray.elastic.growth import Pace, growth_pays, saved_s
 from spotray.runtime.messages import CheckpointReport
 
 
@@ -47,7 +47,7 @@ def test_policy_says_once_why_it_stays_not_at_every_resize_check(monkeypatch: py
 
     from ray.train import ScalingConfig
 
-    from spotray import recovery
+    from spotray.elastic import recovery
 
     said: list[str] = []
     handler = logging.Handler()
@@ -67,7 +67,7 @@ def test_policy_weighs_capacity_that_came_back_once_without_waiting_for_the_chec
     `resize_check_s` later; the same capacity is not weighed again at every poll."""
     from ray.train import ScalingConfig
 
-    from spotray.recovery import FreshElasticPolicy
+    from spotray.elastic.recovery import FreshElasticPolicy
 
     policy = FreshElasticPolicy(ScalingConfig(num_workers=(1, 3), resources_per_worker={"CPU": 1}))
     cluster = {"a": {"CPU": 1.0}}

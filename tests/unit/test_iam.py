@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spotray import iam
+from spotray.cluster import iam
 from spotray.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

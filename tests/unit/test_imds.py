@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from spotray.imds import INSTANCE_ACTION_PATH, TOKEN_PATH, IMDSClient, IMDSError
-from spotray.imds_server import FakeIMDS
+from spotray.chaos.imds_server import FakeIMDS
+from spotray.spot.imds import INSTANCE_ACTION_PATH, TOKEN_PATH, IMDSClient, IMDSError
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from spotray.interval import (
+from spotray.elastic.interval import (
     MAX_INTERVAL_S,
     RAY_REPORT_POLL_S,
     FixedInterval,

@@ -10,7 +10,7 @@ from ray.core.generated import gcs_pb2
 
 from spotray.cost.live import _from_node_info, price_cluster
 from spotray.cost.prices import PriceSeries, load_on_demand
-from spotray.progress import RunState
+from spotray.driver.progress import RunState
 from spotray.runtime import messages as msg
 
 

@@ -6,7 +6,7 @@ import itertools
 
 from ray.train import PreemptionInfo
 
-from spotray.preemption import HOLD_GRACE_S, MIN_GUARD_S, POLL_S, PreemptionPlan, poll_due
+from spotray.runtime.preemption import HOLD_GRACE_S, MIN_GUARD_S, POLL_S, PreemptionPlan, poll_due
 
 DEADLINE = 1_000_000_000  # ms
 

@@ -13,17 +13,17 @@ import pyarrow.fs as pafs
 import pytest
 from typer.testing import CliRunner
 
-from spotray import runlock
+from spotray.driver import runlock
 from spotray.errors import SpotrayError
-from spotray.storage import Location
+from spotray.runtime.storage import Location
 from tests.conftest import write_config
 
 HOLDER = """
 import sys, time
 import pyarrow.fs as pafs
-from spotray import runlock
+from spotray.driver import runlock
 from spotray.errors import SpotrayError
-from spotray.storage import Location
+from spotray.runtime.storage import Location
 run = Location(pafs.LocalFileSystem(), sys.argv[1], sys.argv[1])
 with runlock.hold(run, "t"):
     print("held", flush=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from spotray.simulator import Job, Trace, simulate
+from spotray.spot.simulator import Job, Trace, simulate
 
 TRACE = Trace(100.0, [2, 2, 1, 1, 2, 2, 2, 2])
 JOB = Job(workers=2, steps=30, step_s=10.0, restart_s=20.0, min_workers=1, checkpoint_every=5,

@@ -14,10 +14,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-from spotray import checkpoint as ckpt
-from spotray import tensors
-from spotray.runtime import strategy
-from spotray.storage import Location
+from spotray.runtime import checkpoint as ckpt
+from spotray.runtime import strategy, tensors
+from spotray.runtime.storage import Location
 from spotray.workload import Workload
 from tests.conftest import free_port
 

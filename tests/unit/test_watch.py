@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from spotray.imds import RebalanceHint, SpotNotice
-from spotray.watch import Drain, NoticePolicy, RebalanceAction, RequestCheckpoint
+from spotray.spot.imds import RebalanceHint, SpotNotice
+from spotray.spot.watch import Drain, NoticePolicy, RebalanceAction, RequestCheckpoint
 
 T = datetime(2026, 11, 26, 18, 22, tzinfo=timezone.utc)
 
@@ -100,9 +100,9 @@ class RecordingNode:
 def test_a_notice_is_acted_on_while_the_rebalance_answer_is_garbage() -> None:
     """The notice path depends on nothing else that can fail: a garbled rebalance answer and
     a missing instance id are logged, the notice drains the node in the same round."""
-    from spotray.imds import INSTANCE_ID_PATH, REBALANCE_PATH, IMDSClient
-    from spotray.imds_server import FakeIMDS
-    from spotray.watch import Watcher
+    from spotray.chaos.imds_server import FakeIMDS
+    from spotray.spot.imds import INSTANCE_ID_PATH, REBALANCE_PATH, IMDSClient
+    from spotray.spot.watch import Watcher
 
     with FakeIMDS() as imds:
         imds.serve_garbage(REBALANCE_PATH, "<html>busy")
@@ -116,9 +116,9 @@ def test_a_notice_is_acted_on_while_the_rebalance_answer_is_garbage() -> None:
 
 
 def test_a_notice_with_a_null_time_is_retried_not_fatal() -> None:
-    from spotray.imds import INSTANCE_ACTION_PATH, IMDSClient
-    from spotray.imds_server import FakeIMDS
-    from spotray.watch import Watcher
+    from spotray.chaos.imds_server import FakeIMDS
+    from spotray.spot.imds import INSTANCE_ACTION_PATH, IMDSClient
+    from spotray.spot.watch import Watcher
 
     with FakeIMDS() as imds:
         imds.serve_garbage(INSTANCE_ACTION_PATH, '{"action": "terminate", "time": null}')

@@ -31,7 +31,7 @@ spotray fixes the two stale views where they live, with settings and APIs Ray of
   running job grows only after a checkpoint it asks for: room for more workers becomes a
   checkpoint request (the one a rebalance hint makes), and the new worker group resumes
   from that checkpoint, so a growth costs one restart and no steps redone. Room is only
-  taken when growing pays (`spotray.growth`: the time saved over the rest of the run
+  taken when growing pays (`spotray.elastic.growth`: the time saved over the rest of the run
   against `scaling.grow_payback_restarts` restarts), on the pace the training loop reports
   with each checkpoint (`ReportClock`).
 
@@ -52,14 +52,14 @@ from typing import Any
 import ray
 from ray.train import UserCallback
 
-from spotray.growth import PAYBACK_RESTARTS, Pace, growth_pays, saved_s
+from spotray.elastic.growth import PAYBACK_RESTARTS, Pace, growth_pays, saved_s
 from spotray.ray_compat.node import draining_node_ids
 from spotray.ray_compat.train import ElasticPolicyBase, NoopDecision, ResizeDecision, ScalingDecision
 from spotray.runtime.messages import CheckpointReport
-from spotray.watch import request_checkpoint
+from spotray.spot.watch import request_checkpoint
 
 # Under ray.train: Ray Train writes these next to its own decisions, in the controller log.
-logger = logging.getLogger("ray.train.spotray.recovery")
+logger = logging.getLogger("ray.train.spotray.elastic.recovery")
 
 # Ray system config for the head node of clusters spotray starts (chaos, cluster.local.yaml).
 FAST_HEALTH_CHECK = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
@@ -191,7 +191,7 @@ class FreshElasticPolicy(ElasticPolicyBase):
         return possible if came_back else 0
 
     def _growth_pays(self, workers: int, new_workers: int) -> bool:
-        """spotray.growth's rule, on the pace the loop reported with its newest checkpoint;
+        """spotray.elastic.growth's rule, on the pace the loop reported with its newest checkpoint;
         before any, grow (as Ray does)."""
         pace = _pace
         if pace is None:

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from spotray.imds import (
+from spotray.spot.imds import (
     INSTANCE_ACTION_PATH,
     INSTANCE_ID_PATH,
     REBALANCE_PATH,

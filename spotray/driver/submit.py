@@ -5,7 +5,7 @@ what this machine lacks); the config travels in the job's environment as JSON, t
 `py_modules` (this checkout's `spotray` and `train`, and the user's workload package when it
 lives in the current directory; a single-file module goes as the job's `working_dir`), so
 the cluster runs what you have even when its image carries an older spotray. The job's driver is
-`python -m spotray.job`, which calls the same `spotray.trainer.train` as a local run and
+`python -m spotray.driver.job`, which calls the same `spotray.driver.trainer.train` as a local run and
 prints plain progress lines that stream back here.
 """
 
@@ -23,14 +23,14 @@ from urllib.parse import urlparse
 
 from rich.console import Console
 
-from spotray.auth import LOCAL_HOSTS, check_token_transport, use_token_auth_if_available
+from spotray.cluster.auth import LOCAL_HOSTS, check_token_transport, use_token_auth_if_available
 from spotray.config import JobConfig
 from spotray.errors import SpotrayError
 
 CONFIG_ENV = "SPOTRAY_JOB_CONFIG"
 STOP_STEP_ENV = "SPOTRAY_JOB_STOP_STEP"
 FRESH_ENV = "SPOTRAY_JOB_FRESH"
-PACKAGES = [Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent / "train"]
+PACKAGES = [Path(__file__).resolve().parents[1], Path(__file__).resolve().parents[2] / "train"]
 AGENT_WAIT_S = 60.0
 
 
@@ -38,7 +38,7 @@ def dashboard_url(address: str) -> str:
     """`auto` (this machine's running cluster), `local` (`spotray up --local`'s), `HOST:PORT`
     or an http(s) URL."""
     if address == "local":
-        from spotray.local import load_state
+        from spotray.cluster.local import load_state
 
         return load_state().dashboard_url
     if address == "auto":
@@ -118,7 +118,7 @@ def submit(
     modules = [str(p) for p in PACKAGES] + code.pop("py_modules", [])
     job_id = _submit(
         client,
-        entrypoint="python -m spotray.job",
+        entrypoint="python -m spotray.driver.job",
         submission_id=f"spotray-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         runtime_env={"py_modules": modules, "env_vars": env, **code},
         metadata={"spotray_run": cfg.name},

@@ -35,13 +35,13 @@ from typing import Any, TypeVar
 
 import ray
 
-from spotray import checkpoint
-from spotray.imds import IMDSClient
-from spotray.imds_server import FakeIMDS
+from spotray.chaos.imds_server import FakeIMDS
+from spotray.elastic.recovery import FAST_HEALTH_CHECK
 from spotray.ray_compat.node import hide_node_death_reports, keep_on_loopback
-from spotray.recovery import FAST_HEALTH_CHECK
+from spotray.runtime import checkpoint
 from spotray.runtime import messages as msg
-from spotray.watch import NoticePolicy, RayNode, Watcher, request_checkpoint
+from spotray.spot.imds import IMDSClient
+from spotray.spot.watch import NoticePolicy, RayNode, Watcher, request_checkpoint
 
 SPOT_RESOURCE = "spot_node"
 WATCH_INTERVAL_S = 0.5
@@ -282,7 +282,7 @@ def run_schedule(
             added_at = time.time()
             report.nodes = [cluster.add_node().node_id for _ in range(event.nodes)]
             # A waiting job starts on them; a running one grows once the policy sees them, if
-            # growing pays (spotray.growth).
+            # growing pays (spotray.elastic.growth).
             try:
                 start = _follow_restart(
                     timeline, report, added_at, timeout_s, lambda e, size=size: e.world_size > size
@@ -408,16 +408,16 @@ def run_chaos(cfg: Any, options: ChaosOptions, console: Any) -> list[EventReport
     at the end of an announced preemption, for comparisons: the loop is asked for a
     checkpoint and the node is killed that many seconds later. A Ray Train worker runs the
     training function in a thread, where Python cannot install a signal handler, so the
-    request goes the way a rebalance hint's does (spotray.watch's checkpoint request).
+    request goes the way a rebalance hint's does (spotray.spot.watch's checkpoint request).
     """
     import json
     import logging
     from dataclasses import asdict
 
+    from spotray.driver.progress import start_hub
+    from spotray.driver.trainer import train
     from spotray.errors import SpotrayError
-    from spotray.progress import start_hub
-    from spotray.storage import run_location
-    from spotray.trainer import train
+    from spotray.runtime.storage import run_location
 
     own = cfg.name
     cfg = chaos_config(cfg)

@@ -6,7 +6,7 @@ or S3 via pyarrow) moves it. Inside:
 
 - `.metadata` (rank 0) and `__<rank>_0.distcp` (every rank): the model and optimizer
   tensors, a torch.distributed.checkpoint (DCP) checkpoint that loads at any world size and
-  under either strategy (spotray.tensors).
+  under either strategy (spotray.runtime.tensors).
 - `trainer.pt` (rank 0): the rest of the state: optimizer param groups, LR scheduler,
   counters, the workload's own state.
 - `rng-rank<r>.pt` (every rank): Python, NumPy, torch (and CUDA) RNG states.
@@ -53,7 +53,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 
-from spotray.storage import Location
+from spotray.runtime.storage import Location
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class CheckpointWriter:
                     pending.snapshotted.set()
                 folder.mkdir(parents=True, exist_ok=True)
                 if shards is not None:
-                    from spotray import tensors  # torch.distributed.checkpoint: workers only
+                    from spotray.runtime import tensors  # torch.distributed.checkpoint: workers only
 
                     tensors.save({**shards, **copied}, folder, self.group)
                 for name, obj in files.items():

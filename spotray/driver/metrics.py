@@ -8,7 +8,7 @@ next to Ray's own, and it publishes the run's state in the GCS's KV store, where
 
 The cluster's $/h and cost so far come from Ray's node table (`spotray.cost.live`),
 re-read every `PRICE_EVERY_S`; the run's cost so far adds up the cluster's $/h over the
-run. The preemption notice counter is the watchers' own (`spotray.watch`).
+run. The preemption notice counter is the watchers' own (`spotray.spot.watch`).
 `spotray/dashboards/grafana.json` charts them all.
 """
 
@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 from spotray.cost.live import PricedCluster, price_cluster, read_ray_nodes
 from spotray.cost.prices import PriceSeries, load_on_demand
-from spotray.progress import RunState
+from spotray.driver.progress import RunState
 from spotray.runtime import messages as msg
-from spotray.watch import KV_NAMESPACE
+from spotray.spot.watch import KV_NAMESPACE
 
-logger = logging.getLogger("spotray.metrics")
+logger = logging.getLogger("spotray.driver.metrics")
 
 RUN_PREFIX = "run/"  # run/<name>: the newest RunSnapshot of that run, as JSON
 PRICE_EVERY_S = 10.0  # Ray's node table changes by the minute; its metrics export every 10 s

@@ -2,7 +2,7 @@
 
 Everything comes from the cluster's GCS, read as a plain client (no driver joins the
 cluster): Ray's node table and draining list, the watchers' notices and the runs the
-drivers publish (`spotray.metrics`). The nodes are priced like the bill
+drivers publish (`spotray.driver.metrics`). The nodes are priced like the bill
 (`spotray.cost.live`) and written to the cost ledger, so that `spotray cost --offline`
 knows the nodes of a local cluster too.
 """
@@ -21,8 +21,8 @@ from rich.table import Table
 from spotray.cost.ledger import Ledger
 from spotray.cost.live import PricedCluster, price_cluster, read_draining, read_ray_nodes
 from spotray.cost.prices import load_on_demand
-from spotray.metrics import RunSnapshot, read_runs
-from spotray.watch import NoticeRecord, read_notices
+from spotray.driver.metrics import RunSnapshot, read_runs
+from spotray.spot.watch import NoticeRecord, read_notices
 
 STALE_S = 60.0  # a run whose driver said nothing for this long is not running any more
 

@@ -13,7 +13,7 @@ shared traces; capacity is constant within a tick):
   work is lost; without it the job goes back to its last periodic checkpoint (every
   `checkpoint_every` steps).
 - A resize the job chooses (grow, a move between spot and on-demand): spotray asks for a
-  checkpoint first and resumes from it (spotray.recovery); Ray Train
+  checkpoint first and resumes from it (spotray.elastic.recovery); Ray Train
   alone restarts from its last periodic checkpoint.
 - Nodes are paid while the job holds them, restarts included; a job waiting for capacity
   holds none. Spot nodes at `spot_price`, on-demand ones at `on_demand_price` ($/h each).
@@ -22,7 +22,7 @@ The policies:
 - `fixed`: W spot workers or nothing (what a job with a fixed ScalingConfig does);
 - `elastic`: whatever spot capacity exists, between min and max workers. It shrinks at once
   (it must) and grows when the time the extra workers save over the rest of the run exceeds
-  two restarts (`spotray.growth`, the rule the live policy applies);
+  two restarts (`spotray.elastic.growth`, the rule the live policy applies);
 - `fallback`: elastic, and after `fallback_wait_s` below min on spot, min workers on
   demand; back to spot (one restart) as soon as spot reaches min again;
 - `on-demand`: W on-demand workers, never preempted.
@@ -34,7 +34,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spotray.growth import PAYBACK_RESTARTS, growth_pays
+from spotray.elastic.growth import PAYBACK_RESTARTS, growth_pays
 
 POLICIES = ("fixed", "elastic", "fallback", "on-demand")
 

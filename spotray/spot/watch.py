@@ -24,11 +24,11 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, TypeVar
 
-from spotray.imds import IMDSClient, IMDSError, RebalanceHint, SpotNotice
 from spotray.ray_compat.node import drain_for_preemption, gcs_client, kv_put
 from spotray.runtime.messages import CheckpointRequest
+from spotray.spot.imds import IMDSClient, IMDSError, RebalanceHint, SpotNotice
 
-logger = logging.getLogger("spotray.watch")
+logger = logging.getLogger("spotray.spot.watch")
 T = TypeVar("T")
 
 KV_NAMESPACE = b"spotray"

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 import psutil
 
 from spotray.errors import SpotrayError
-from spotray.storage import Location
+from spotray.runtime.storage import Location
 
 HEARTBEAT_S = 15.0
 STALE_S = 90.0  # six missed heartbeats

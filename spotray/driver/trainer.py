@@ -22,20 +22,20 @@ from typing import Any
 import ray
 from rich.console import Console
 
-from spotray import checkpoint as ckpt
-from spotray import runlock
 from spotray.config import JobConfig
 from spotray.cost.ledger import RunRecorder, current_cluster, ledger_problem
+from spotray.driver import runlock
+from spotray.driver.metrics import RunMetrics
+from spotray.driver.progress import ProgressView, RunState, start_hub
 from spotray.errors import CheckpointMismatchError, Interrupted, SpotrayError, TrainingStopped
-from spotray.metrics import RunMetrics
-from spotray.progress import ProgressView, RunState, start_hub
 from spotray.ray_compat.node import keep_on_loopback, quiet_token_setup_log
+from spotray.runtime import checkpoint as ckpt
 from spotray.runtime import messages as msg
-from spotray.storage import Location, resolve, run_location
-from spotray.watch import read_notices
+from spotray.runtime.storage import Location, resolve, run_location
+from spotray.spot.watch import read_notices
 from spotray.workload import ModelFacts, Workload
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 POLL_S = 1.0  # how often the driver asks the hub for news
 
 # Ray Train settings spotray chooses (Ray propagates them from the driver to its controller);
@@ -98,8 +98,8 @@ def check_workload(cfg: JobConfig, workers_here: bool) -> tuple[Workload, ModelF
     """Import and build the workload here, and compute one loss on two samples on the CPU:
     a workload that cannot run, or a model its workers cannot hold (`workers_here`: they run
     on this machine), fails as one line before Ray starts, not on every worker."""
-    from spotray.resources import check_fits, count_parameters
-    from spotray.storage import export_s3_env
+    from spotray.driver.resources import check_fits, count_parameters
+    from spotray.runtime.storage import export_s3_env
     from spotray.workload import load, smoke_check
 
     export_s3_env(cfg.s3)
@@ -182,9 +182,9 @@ def build_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from spotray.fallback import SpotFallbackPolicy
+    from spotray.elastic.fallback import SpotFallbackPolicy
+    from spotray.elastic.recovery import FreshClusterView, FreshElasticPolicy, ReportClock
     from spotray.ray_compat.train import policy_trainer
-    from spotray.recovery import FreshClusterView, FreshElasticPolicy, ReportClock
     from spotray.runtime.loop import LoopArgs, train_loop_per_worker
 
     s = cfg.scaling
@@ -230,7 +230,7 @@ def build_trainer(
             storage_filesystem=storage_root.fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
             # spotray's policies re-size from a true cluster view, growing after a checkpoint
-            # they ask for (spotray.recovery).
+            # they ask for (spotray.elastic.recovery).
             callbacks=[FreshClusterView(), ReportClock()] if policy else [],
             failure_config=FailureConfig(
                 max_failures=cfg.failure.max_failures,
@@ -378,7 +378,7 @@ def preview(workload: Workload, checkpoint: ckpt.StoredCheckpoint, seed: int) ->
     """The workload's preview of a checkpoint's model, built and loaded here on the CPU."""
     import torch
 
-    from spotray import tensors
+    from spotray.runtime import tensors
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

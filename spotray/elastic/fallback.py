@@ -37,7 +37,8 @@ from typing import Any, Literal
 import ray
 from ray.train.v2.api.config import ScalingConfig
 
-from spotray.growth import PAYBACK_RESTARTS
+from spotray.elastic.growth import PAYBACK_RESTARTS
+from spotray.elastic.recovery import FRESH_EVERY_S, FreshElasticPolicy
 from spotray.ray_compat.train import (
     AUTOSCALING_REQUESTS_GET_TIMEOUT_S,
     NoopDecision,
@@ -46,10 +47,9 @@ from spotray.ray_compat.train import (
     TrainAutoscalingCoordinatorClient,
     coordinator_of,
 )
-from spotray.recovery import FRESH_EVERY_S, FreshElasticPolicy
 
 # Under ray.train: Ray Train writes these next to its own decisions, in the controller log.
-logger = logging.getLogger("ray.train.spotray.fallback")
+logger = logging.getLogger("ray.train.spotray.elastic.fallback")
 
 Market = Literal["spot", "on-demand"]
 

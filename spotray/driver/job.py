@@ -1,4 +1,4 @@
-"""The driver of a submitted run (`python -m spotray.job`), inside a Ray Job on the cluster."""
+"""The driver of a submitted run (`python -m spotray.driver.job`), inside a Ray Job on the cluster."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import sys
 from rich.console import Console
 
 from spotray.config import JobConfig
+from spotray.driver.submit import CONFIG_ENV, FRESH_ENV, STOP_STEP_ENV
 from spotray.errors import SpotrayError
-from spotray.jobs import CONFIG_ENV, FRESH_ENV, STOP_STEP_ENV
 
 
 def main() -> int:
-    from spotray.cli import print_summary
-    from spotray.trainer import train
+    from spotray.cli.train import print_summary
+    from spotray.driver.trainer import train
 
     console = Console(force_terminal=False, width=120)
     cfg = JobConfig.model_validate_json(os.environ[CONFIG_ENV])

@@ -14,6 +14,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from spotray.cli.app import EXIT_CODES, app
 from spotray.cost.aws import NoCredentialsError, default_region
 from spotray.errors import ConfigError, SpotrayError
 
@@ -39,6 +40,7 @@ def _stamp(t: float | None) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M") if t else "running"
 
 
+@app.command(epilog=EXIT_CODES)
 def cost(
     cluster: Annotated[str | None, typer.Option("--cluster", help="Bill this cluster's nodes.")] = None,
     run: Annotated[
@@ -180,6 +182,7 @@ def _render_bill(bill: Any, cluster: str, run: str | None, as_json: bool, as_csv
         )
 
 
+@app.command(epilog=EXIT_CODES)
 def prices(
     instance_types: Annotated[
         list[str] | None, typer.Option("--instance-types", help="Types to show (repeat); default: all known.")
@@ -237,6 +240,7 @@ def prices(
             console.print(f"[yellow]{missing}[/]", highlight=False)
 
 
+@app.command(epilog=EXIT_CODES)
 def plan(
     instance_type: Annotated[str, typer.Option("--instance-type", help="EC2 type, e.g. p3.8xlarge.")],
     count: Annotated[int, typer.Option("--count", min=1, help="Instances.")],

@@ -163,7 +163,7 @@ def up_local(config_path: Path, autoscaler_v2: bool = False) -> LocalCluster:
         "--disable-usage-stats",
         *_head_flags(config),
     ]
-    # Job entrypoints (`python -m spotray.job`) run in the head's environment: this one's.
+    # Job entrypoints (`python -m spotray.driver.job`) run in the head's environment: this one's.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     # All of it on 127.0.0.1: the cluster is this machine's alone.
     env = {**os.environ, **loopback_env(), "PATH": path, "RAY_FAKE_CLUSTER": "1", "SPOTRAY_CLUSTER": name}

@@ -1,0 +1,3 @@
+from spotray.cli import run
+
+run()
