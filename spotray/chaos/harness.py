@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import ray
 
 from spotray.chaos.imds_server import FakeIMDS
-from spotray.elastic.recovery import FAST_HEALTH_CHECK
+from spotray.elastic.registry import RECOVERIES, Recovery
 from spotray.ray_compat.node import hide_node_death_reports, keep_on_loopback
 from spotray.runtime import checkpoint
 from spotray.runtime import messages as msg
@@ -114,7 +114,11 @@ class LocalSpotCluster:
     """A head (no spot resource) and spot nodes that can be preempted, on one machine."""
 
     def __init__(
-        self, nodes: int, cpus_per_node: float = 1.0, ray_alone: bool = False, gpus_per_node: int = 0
+        self,
+        nodes: int,
+        cpus_per_node: float = 1.0,
+        recovery: Recovery = RECOVERIES["spotray"],
+        gpus_per_node: int = 0,
     ) -> None:
         from ray.cluster_utils import Cluster
 
@@ -122,7 +126,7 @@ class LocalSpotCluster:
         # Fake nodes on one machine see the same GPUs: a 1-GPU node each, one worker per node,
         # gives every worker group a real CUDA device (and the same one after a move).
         self.gpus_per_node = gpus_per_node
-        self.watch = not ray_alone  # Ray alone: notices are served, nobody acts on them
+        self.watch = recovery.heeds_notices  # Ray alone: notices are served, nobody acts on them
         keep_on_loopback()
         # The head hosts the driver-side actors (controller, hub); the dashboard serves the
         # State API that tells which node each worker is on.
@@ -133,7 +137,7 @@ class LocalSpotCluster:
                 "include_dashboard": True,
                 "dashboard_port": None,  # 8265 or the next free one, as ray.init picks it
                 "log_to_stderr": False,
-                "_system_config": {} if ray_alone else FAST_HEALTH_CHECK,
+                "_system_config": recovery.system_config,
             },
         )
         self.nodes: list[SpotNode] = []
@@ -391,7 +395,7 @@ class ChaosOptions:
     seed: int = 0
     replace: bool = True  # a new node for each one taken
     report_path: Path | None = None  # the report as JSON, too
-    ray_alone: bool = False  # no watchers, Ray's default settings: the baseline
+    recovery: str = "spotray"  # a name in RECOVERIES; "ray": no watchers, Ray's defaults
     slow_storage_s: float = 0.0  # extra seconds per checkpoint write
     slow_step_s: float = 0.0  # the least a step takes at max_workers
     # At an announced kill: a plain script's SIGTERM handler asks for a checkpoint this many
@@ -422,7 +426,7 @@ def run_chaos(cfg: Any, options: ChaosOptions, console: Any) -> list[EventReport
     own = cfg.name
     cfg = chaos_config(cfg)
     console.print(f"chaos: trains the run {cfg.name}, from scratch; the run {own} is not touched")
-    schedule, ray_alone = options.schedule, options.ray_alone
+    schedule, recovery = options.schedule, RECOVERIES[options.recovery]
     console.print(
         f"chaos: {options.nodes} spot nodes, {len(schedule)} event(s): "
         + ", ".join(f"step {e.at_step} {e.kind}" + (f" x{e.nodes}" if e.nodes > 1 else "") for e in schedule)
@@ -435,7 +439,7 @@ def run_chaos(cfg: Any, options: ChaosOptions, console: Any) -> list[EventReport
     cluster = LocalSpotCluster(
         options.nodes,
         cpus_per_node=cfg.scaling.cpus_per_worker,
-        ray_alone=ray_alone,
+        recovery=recovery,
         gpus_per_node=1 if cfg.scaling.use_gpu else 0,
     )
     try:
@@ -455,7 +459,7 @@ def run_chaos(cfg: Any, options: ChaosOptions, console: Any) -> list[EventReport
                     attach=True,
                     hub=hub,
                     progress_every_s=0.0,
-                    ray_defaults=ray_alone,
+                    recovery=recovery,
                 )
             except Exception as err:  # reported below
                 outcome["error"] = err

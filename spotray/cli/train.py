@@ -178,7 +178,7 @@ def chaos(
             seed=seed,
             replace=replace,
             report_path=report,
-            ray_alone=ray_alone,
+            recovery="ray" if ray_alone else "spotray",
             slow_storage_s=slow_storage,
             slow_step_s=slow_step,
             sigterm_grace_s=sigterm_grace,

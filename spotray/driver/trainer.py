@@ -27,6 +27,7 @@ from spotray.cost.ledger import RunRecorder, current_cluster, ledger_problem
 from spotray.driver import runlock
 from spotray.driver.metrics import RunMetrics
 from spotray.driver.progress import ProgressView, RunState, start_hub
+from spotray.elastic.registry import RECOVERIES, Recovery
 from spotray.errors import CheckpointMismatchError, Interrupted, SpotrayError, TrainingStopped
 from spotray.ray_compat.node import keep_on_loopback, quiet_token_setup_log
 from spotray.runtime import checkpoint as ckpt
@@ -37,19 +38,6 @@ from spotray.workload import ModelFacts, Workload
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 POLL_S = 1.0  # how often the driver asks the hub for news
-
-# Ray Train settings spotray chooses (Ray propagates them from the driver to its controller);
-# a value already in the environment wins.
-RAY_TRAIN_SETTINGS = {
-    # Ray Train's own drain watcher polls every 5 s by default; a spot notice leaves 120 s,
-    # and every second of it is useful training or checkpointing.
-    "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
-    # The controller polls its workers this often (Ray: 2 s): a worker that failed, a
-    # preemption deadline that passed and a reported checkpoint all wait for the next poll.
-    # One small call per worker per second, for half a poll (0.5 s) less on average before
-    # each restart (expected, not measured apart from the other restart changes).
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1",
-}
 
 
 @dataclass(frozen=True)
@@ -177,14 +165,10 @@ def build_trainer(
     stop_step: int,
     hub: Any,
     progress_every_s: float = 0.5,
-    ray_defaults: bool = False,
+    recovery: Recovery = RECOVERIES["spotray"],
 ) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
-    from spotray.elastic.fallback import SpotFallbackPolicy
-    from spotray.elastic.recovery import FreshClusterView, FreshElasticPolicy, ReportClock
-    from spotray.ray_compat.train import policy_trainer
     from spotray.runtime.loop import LoopArgs, train_loop_per_worker
 
     s = cfg.scaling
@@ -193,22 +177,8 @@ def build_trainer(
         resources["GPU"] = 1
     elastic = s.min_workers != s.max_workers
     workers = (s.min_workers, s.max_workers) if elastic else s.min_workers
-    grow_check = (
-        {"elastic_resize_monitor_interval_s": s.resize_check_s} if elastic and not ray_defaults else {}
-    )
     storage_root = resolve(cfg.checkpoint.storage_path, cfg.s3)
-    fallback = s.on_demand_after_s is not None and not ray_defaults
-    policy = fallback or (elastic and not ray_defaults)
-    if fallback:
-        trainer_cls = policy_trainer(
-            lambda c: SpotFallbackPolicy(
-                c, s.on_demand_resources_per_worker, s.on_demand_after_s, s.grow_payback_restarts
-            )
-        )
-    elif policy:
-        trainer_cls = policy_trainer(lambda c: FreshElasticPolicy(c, s.grow_payback_restarts))
-    else:
-        trainer_cls = TorchTrainer
+    trainer_cls = recovery.trainer_class(cfg)
     return trainer_cls(
         train_loop_per_worker,
         train_loop_config={
@@ -222,16 +192,17 @@ def build_trainer(
             )
         },
         scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=s.use_gpu, resources_per_worker=resources, **grow_check
+            num_workers=workers,
+            use_gpu=s.use_gpu,
+            resources_per_worker=resources,
+            **recovery.scaling_options(cfg),
         ),
         run_config=RunConfig(
             name=cfg.name,
             storage_path=storage_root.path,
             storage_filesystem=storage_root.fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
-            # spotray's policies re-size from a true cluster view, growing after a checkpoint
-            # they ask for (spotray.elastic.recovery).
-            callbacks=[FreshClusterView(), ReportClock()] if policy else [],
+            callbacks=recovery.callbacks(cfg),
             failure_config=FailureConfig(
                 max_failures=cfg.failure.max_failures,
                 max_preemption_failures=cfg.failure.max_preemption_failures,
@@ -264,15 +235,15 @@ def train(
     hub: Any = None,
     observer: Observer | None = None,
     progress_every_s: float = 0.5,
-    ray_defaults: bool = False,
+    recovery: Recovery = RECOVERIES["spotray"],
 ) -> RunSummary:
     """Run the job to `stop_step` (default: the config's steps), resuming from storage.
 
     `attach` joins the cluster this process runs in (a Ray Job); otherwise a private Ray
     starts here. Ray's own worker logs are shown only with `log_to_driver`. `hub` and
     `observer` let a caller (`spotray chaos`) follow the run's events as they come, and
-    `progress_every_s` is how often rank 0 reports its step (0: every step). `ray_defaults`
-    leaves out spotray's Ray settings and callbacks, for comparisons with Ray alone.
+    `progress_every_s` is how often rank 0 reports its step (0: every step). `recovery`
+    is spotray's by default; `RECOVERIES["ray"]` is Ray Train alone, for comparisons.
     """
     # Writes nothing: a bad workload leaves no trace.
     workload, facts = check_workload(cfg, workers_here=not attach)
@@ -294,9 +265,8 @@ def train(
         if problem:
             console.print(f"[yellow]warning:[/] {problem}", soft_wrap=True)
         start_ray(cfg, attach, log_to_driver)
-        if not ray_defaults:
-            for key, value in RAY_TRAIN_SETTINGS.items():
-                os.environ.setdefault(key, value)
+        for key, value in recovery.ray_env.items():  # a value already set wins
+            os.environ.setdefault(key, value)
         hub = hub or start_hub()
         state = RunState(total=stop)
         t0 = time.perf_counter()
@@ -328,7 +298,7 @@ def train(
             poller = threading.Thread(target=poll, name="spotray-progress", daemon=True)
             poller.start()
             try:
-                build_trainer(cfg, run, stop, hub, progress_every_s, ray_defaults).fit()
+                build_trainer(cfg, run, stop, hub, progress_every_s, recovery).fit()
             except ray.train.TrainingFailedError as err:
                 raise SpotrayError(f"training failed: {_failure_message(err)}") from err
             except SystemExit:  # Ray Train's SIGINT handler aborts the run, then exits

@@ -14,8 +14,8 @@ resumed step, of which 60 s are spent waiting for a worker that cannot exist. Th
 
 spotray fixes the two stale views where they live, with settings and APIs Ray offers:
 
-- `FAST_HEALTH_CHECK`: the GCS health-check settings (Ray system config) for clusters that
-  spotray starts: a dead node is known in ~3 s instead of ~16 s.
+- `FAST_HEALTH_CHECK` (spotray.elastic.registry): the GCS health-check settings (Ray system
+  config) for clusters that spotray starts: a dead node is known in ~3 s instead of ~16 s.
 - `FreshClusterView`, a Ray Train `UserCallback`: when workers fail, it waits (a few
   seconds at most) until the GCS has marked a node dead, then asks the coordinator to
   recompute its view (`get_reserved_resources(recompute=True)`, the coordinator's own
@@ -61,8 +61,6 @@ from spotray.spot.watch import request_checkpoint
 # Under ray.train: Ray Train writes these next to its own decisions, in the controller log.
 logger = logging.getLogger("ray.train.spotray.elastic.recovery")
 
-# Ray system config for the head node of clusters spotray starts (chaos, cluster.local.yaml).
-FAST_HEALTH_CHECK = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
 FRESH_EVERY_S = 1.0  # the most often a policy makes the coordinator recompute its view
 WAIT_FOR_DEATH_S = 5.0  # longer than FAST_HEALTH_CHECK takes; a plain worker error pays this once
 COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # (name, namespace) in Ray 2.60
