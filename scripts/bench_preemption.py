@@ -75,7 +75,10 @@ NAME = "bench-preemption"
 CONFIG: dict[str, Any] = {
     "name": NAME,
     "seed": 7,
-    "model": {"preset": "tiny", "n_layer": 2, "block_size": 64},
+    "workload": {
+        "entrypoint": "train.gpt:GPTWorkload",
+        "args": {"preset": "tiny", "n_layer": 2, "block_size": 64},
+    },
     "optimizer": {
         "global_batch_size": 16,
         "micro_batch_size": 8,

@@ -47,7 +47,10 @@ import yaml
 CONFIG = {
     "name": "bench-recovery",
     "seed": 7,
-    "model": {"preset": "tiny", "n_layer": 2, "block_size": 64},
+    "workload": {
+        "entrypoint": "train.gpt:GPTWorkload",
+        "args": {"preset": "tiny", "n_layer": 2, "block_size": 64},
+    },
     "optimizer": {
         "global_batch_size": 16,
         "micro_batch_size": 8,
