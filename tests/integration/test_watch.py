@@ -111,16 +111,29 @@ def test_notice_drains_the_node_once_with_its_deadline(imds, node, tmp_path: Pat
 
 def test_a_drained_node_is_not_counted_for_the_next_worker_group(cluster, imds, node) -> None:
     """Ray places nothing new on a draining node, but the autoscaling coordinator counts it
-    while it is alive: an elastic job restarted at the notice's deadline must not be sized
-    on it (spotray.elastic.recovery)."""
+    while it is alive: an elastic job restarted at the notice's deadline must be sized on
+    the nodes that can take its workers (spotray.elastic.recovery)."""
     from spotray.elastic.recovery import _without_draining
 
     head = cluster.head_node.node_id  # never drained (an earlier test's node may still be)
+
+    def alone() -> bool:  # earlier tests' nodes are gone, and known to be (they could hold a share)
+        return [n["NodeID"] for n in ray.nodes() if n["Alive"] and "probe" in n["Resources"]] == [node[1]]
+
+    wait_for(alone, 30, "earlier tests' nodes marked dead")
     reserved = {node[1]: {"probe": 1.0}, head: {"CPU": 1.0}}  # the coordinator's shape
     assert _without_draining(reserved) == reserved
     imds.serve_notice("terminate", lead_s=120)
     watcher_for(imds, node).poll_once()
     assert _without_draining(reserved) == {head: {"CPU": 1.0}}
+    # A node that can hold the draining node's share (a spare, or the replacement launched
+    # at the notice) takes it: the coordinator, asked for no more than the job's size, had
+    # left it out because the draining node filled the reservation.
+    spare = cluster.add_node(num_cpus=0, resources={"probe": 1})
+    try:
+        assert _without_draining(reserved) == {head: {"CPU": 1.0}, spare.node_id: {"probe": 1.0}}
+    finally:
+        cluster.remove_node(spare, allow_graceful=False)
 
 
 def test_rebalance_asks_for_a_checkpoint_without_draining(imds, node) -> None:
