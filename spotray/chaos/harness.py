@@ -35,6 +35,14 @@ from typing import Any, TypeVar
 
 import ray
 
+from spotray.chaos.accounting import (
+    GroupStart,
+    RestartPhases,
+    Steps,
+    event_costs,
+    full_pace_s,
+    restart_phases,
+)
 from spotray.chaos.imds_server import FakeIMDS
 from spotray.elastic.registry import RECOVERIES, Recovery
 from spotray.ray_compat.node import hide_node_death_reports, keep_on_loopback
@@ -209,6 +217,11 @@ class EventReport:
     writing_at_notice: bool | None = None  # a checkpoint was still being written when it came
     kill_time: float | None = None
     notice_served: float | None = None  # announced: when the notice went up on the node's IMDS
+    began: float | None = None  # the notice, the kill, or the nodes added: its window's start
+    # spotray.chaos.accounting: what the event cost over the job's full pace, every restart in it
+    seconds_lost: float | None = None
+    restarts: int | None = None
+    steps_redone: int | None = None
 
     @property
     def steps_lost(self) -> int | None:
@@ -283,7 +296,7 @@ def run_schedule(
             timeline.refresh()
             last_start = timeline.last(msg.Started)
             size = 0 if waiting or last_start is None else last_start.world_size
-            added_at = time.time()
+            added_at = report.began = time.time()
             report.nodes = [cluster.add_node().node_id for _ in range(event.nodes)]
             # A waiting job starts on them; a running one grows once the policy sees them, if
             # growing pays (spotray.elastic.growth).
@@ -308,7 +321,7 @@ def run_schedule(
         busy = cluster.nodes_with_workers()
         victims = rng.sample(busy, min(event.nodes, len(busy)))
         report.nodes = [v.node_id for v in victims]
-        served = time.time()
+        served = report.began = time.time()
         drained = event.announced and cluster.watch  # the watcher drains at the notice
         if event.announced:
             for victim in victims:
@@ -371,6 +384,31 @@ def _follow_restart(
     first = next(t for t, step in timeline.steps if t >= start.time and step > start.step)
     report.kill_to_resume_s = first - since
     return start
+
+
+def account(reports: list[EventReport], steps: Steps, events: list[msg.Event]) -> None:
+    """Each event's seconds lost, restarts and steps redone (spotray.chaos.accounting), at the
+    run's own full-size pace; left unset when the run has no such pace to measure."""
+    starts = group_starts(events)
+    began = [r.began for r in reports]
+    if not steps or not starts or any(b is None for b in began):
+        return
+    try:
+        step_s = full_pace_s(steps, starts)
+    except ValueError:
+        return
+    for report, cost in zip(reports, event_costs(steps, starts, began, step_s), strict=True):
+        report.seconds_lost = cost.seconds_lost
+        report.restarts = cost.restarts
+        report.steps_redone = cost.steps_redone
+
+
+def group_starts(events: list[msg.Event]) -> list[GroupStart]:
+    return [
+        GroupStart(e.time, e.step, e.world_size, e.born, e.entered)
+        for e in events
+        if isinstance(e, msg.Started)
+    ]
 
 
 CHAOS_SUFFIX = "-chaos"  # the run chaos trains: never the config's own run
@@ -446,7 +484,7 @@ def run_chaos(cfg: Any, options: ChaosOptions, console: Any) -> list[EventReport
         ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
         if options.quiet:
             hide_node_death_reports()
-        hub = start_hub(keep_steps=options.report_path is not None)
+        hub = start_hub(keep_steps=True)  # every step: seconds lost per event
         outcome: dict[str, Any] = {}
 
         def run_training() -> None:
@@ -490,6 +528,8 @@ def run_chaos(cfg: Any, options: ChaosOptions, console: Any) -> list[EventReport
         summary = outcome["summary"]
         timeline.refresh()
         steps = ray.get(hub.steps.remote())
+        account(reports, steps, timeline.events)
+        phases = restart_phases(steps, group_starts(timeline.events))
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -506,15 +546,22 @@ def run_chaos(cfg: Any, options: ChaosOptions, console: Any) -> list[EventReport
             # checkpoints with their stall, notices).
             "steps": steps,
             "hub_events": [e.as_json() for e in timeline.events],
+            "restart_phases": [asdict(p) for p in phases],
         }
         Path(options.report_path).write_text(json.dumps(body, indent=2))
+    print_report(console, summary, reports, phases)
+    return reports
+
+
+def print_report(console: Any, summary: Any, reports: list[EventReport], phases: list[RestartPhases]) -> None:
+    """The report's table: one row per event, then each restart taken apart."""
     console.print(
         f"\nchaos done: step {summary.steps}, final loss {summary.final_loss:.4f}, "
         f"{summary.restarts} restart(s), {summary.wall_s:.0f} s"
     )
     console.print(
         f"{'event':<22}{'notice@':>8}{'ckpt':>6}{'kill@':>7}{'resumed':>9}{'lost':>6}"
-        f"{'notice->ckpt':>14}{'->step':>8}{'workers':>8}",
+        f"{'notice->ckpt':>14}{'restarts':>9}{'s lost':>8}{'workers':>8}",
         soft_wrap=True,
     )
     for r in reports:
@@ -522,10 +569,18 @@ def run_chaos(cfg: Any, options: ChaosOptions, console: Any) -> list[EventReport
         cells = [r.step_at_notice, r.checkpoint_before_kill, r.step_at_kill, r.resumed_step, r.steps_lost]
         text = [str(c) if c is not None else "-" for c in cells]
         saved = f"{r.notice_to_checkpoint_s:.1f} s" if r.notice_to_checkpoint_s is not None else "-"
-        took = f"{r.kill_to_resume_s:.1f} s" if r.kill_to_resume_s is not None else "-"
+        restarts = str(r.restarts) if r.restarts is not None else "-"
+        lost_s = f"{r.seconds_lost:.1f}" if r.seconds_lost is not None else "-"
         console.print(
-            f"{kind:<22}{text[0]:>8}{text[1]:>6}{text[2]:>7}{text[3]:>9}{text[4]:>6}{saved:>14}{took:>8}"
+            f"{kind:<22}{text[0]:>8}{text[1]:>6}{text[2]:>7}{text[3]:>9}{text[4]:>6}{saved:>14}"
+            f"{restarts:>9}{lost_s:>8}"
             f"{r.workers_after if r.workers_after is not None else '-':>8}",
             soft_wrap=True,
         )
-    return reports
+    for n, p in enumerate(phases, 1):
+        console.print(
+            f"restart {n}: {p.total:.1f} s = {p.to_new_workers:.1f} s to new worker processes, "
+            f"{p.set_up:.1f} s set-up (imports, process group), {p.restore:.1f} s model and "
+            f"checkpoint, {p.first_step:.1f} s first step",
+            soft_wrap=True,
+        )

@@ -79,6 +79,7 @@ class LoopArgs:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    entered = time.time()
     args: LoopArgs = loop_config["args"]
     cfg = JobConfig.model_validate(args.config)
     ctx = ray.train.get_context()
@@ -168,6 +169,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             removed=list(decision.removed),
             skipped=list(decision.skipped),
             pid=os.getpid(),
+            born=born,
+            entered=entered,
         )
     )
 

@@ -43,6 +43,11 @@ class Started(Event):
     removed: list[str]  # "uri: why" for checkpoint folders that could never be loaded
     skipped: list[str]  # "uri: why" for complete ones that failed their checksums, kept
     pid: int
+    # The restart's phases on this rank (wall clock): the worker process created, the loop
+    # entered (after imports, Ray Train's set-up and the process group); `time` is after
+    # the model is built and the checkpoint read.
+    born: float = 0.0
+    entered: float = 0.0
 
 
 @dataclass

@@ -74,6 +74,10 @@ def test_announced_preemptions_lose_no_step_and_are_not_failures(reference, tmp_
         assert event["steps_lost"] == 0, event
         assert event["resumed_step"] == event["checkpoint_before_kill"]
     assert first["resumed_step"] > 40
+    # One restart per preemption (the replacement joined before the deadline), each one
+    # counted in the seconds its event lost.
+    assert [e["restarts"] for e in report["events"]] == [1, 1]
+    assert all(e["seconds_lost"] > 0 for e in report["events"]), report["events"]
     # Same world size all along: the same parameters as the uninterrupted run, bit for bit.
     assert_bit_identical(final_state(tmp_path, run="t-chaos"), final_state(reference[0]))
     # The cost ledger has what the bill needs: the restarts, the checkpoints, the 3 notices.
@@ -131,6 +135,9 @@ def test_elastic_job_shrinks_grows_loses_everything_and_comes_back(tmp_path: Pat
     # (A checkpoint may commit in the instant of the kill, after the report looked: newer.)
     assert gone["resumed_step"] >= gone["checkpoint_before_kill"] >= 75
     assert back["workers_after"] == gone["workers_after"] == 1
+    # Every restart is some event's, counted in the seconds it lost.
+    assert sum(e["restarts"] for e in report["events"]) == report["restarts"]
+    assert shrink["restarts"] == grow["restarts"] == 1 and shrink["seconds_lost"] > 0
     # The data order: each worker group's first step is the one after its checkpoint.
     starts = [e for e in report["hub_events"] if e["kind"] == "start"]
     assert [e["world_size"] for e in starts] == [3, 2, 3, 1]

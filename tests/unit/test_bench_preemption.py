@@ -21,7 +21,10 @@ def test_pace_leaves_out_each_groups_first_step() -> None:
     # From one step to the next of the same group: 1.0 (2), 1.0 (3), 1.5 (4); step 3 again
     # (t=11) includes the restart and is left out.
     report = {
-        "hub_events": [{"kind": "start", "time": 0.0}, {"kind": "start", "time": 10.0}],
+        "hub_events": [
+            {"kind": "start", "time": 0.0, "step": 0, "world_size": 2},
+            {"kind": "start", "time": 10.0, "step": 2, "world_size": 2},
+        ],
         "steps": [(1.0, 1), (2.0, 2), (3.0, 3), (11.0, 3), (12.5, 4)],
     }
     assert load_bench().pace(report) == 1.0
