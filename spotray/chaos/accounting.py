@@ -103,16 +103,16 @@ def restart_phases(steps: Steps, starts: list[GroupStart]) -> list[RestartPhases
     its process was born and entered the loop."""
     phases = []
     for start in starts[1:]:
-        before = [t for t, _ in steps if t <= start.time]
-        after = [t for t, _ in steps if t > start.time]
-        if not (before and after and before[-1] <= start.born <= start.entered <= start.time):
+        around = _around(steps, start)
+        if around is None or not around[0] <= start.born <= start.entered <= start.time:
             continue
+        last, first = around
         phases.append(
             RestartPhases(
-                round(start.born - before[-1], 2),
+                round(start.born - last, 2),
                 round(start.entered - start.born, 2),
                 round(start.time - start.entered, 2),
-                round(after[0] - start.time, 2),
+                round(first - start.time, 2),
             )
         )
     return phases
@@ -121,10 +121,12 @@ def restart_phases(steps: Steps, starts: list[GroupStart]) -> list[RestartPhases
 def restart_s(steps: Steps, starts: list[GroupStart]) -> list[float]:
     """Each restart's seconds without progress: from the last step before a worker group
     started (the old group's) to the new group's first step."""
-    gaps = []
-    for start in starts[1:]:
-        before = [t for t, _ in steps if t <= start.time]
-        after = [t for t, _ in steps if t > start.time]
-        if before and after:
-            gaps.append(round(after[0] - before[-1], 2))
-    return gaps
+    gaps = [_around(steps, start) for start in starts[1:]]
+    return [round(first - last, 2) for last, first in filter(None, gaps)]
+
+
+def _around(steps: Steps, start: GroupStart) -> tuple[float, float] | None:
+    """(the last step's time before `start`, the first one's after it), if there are both."""
+    last = max((t for t, _ in steps if t <= start.time), default=None)
+    first = min((t for t, _ in steps if t > start.time), default=None)
+    return None if last is None or first is None else (last, first)

@@ -386,10 +386,9 @@ def _follow_restart(
     return start
 
 
-def account(reports: list[EventReport], steps: Steps, events: list[msg.Event]) -> None:
+def account(reports: list[EventReport], steps: Steps, starts: list[GroupStart]) -> None:
     """Each event's seconds lost, restarts and steps redone (spotray.chaos.accounting), at the
     run's own full-size pace; left unset when the run has no such pace to measure."""
-    starts = group_starts(events)
     began = [r.began for r in reports]
     if not steps or not starts or any(b is None for b in began):
         return
@@ -528,8 +527,9 @@ def run_chaos(cfg: Any, options: ChaosOptions, console: Any) -> list[EventReport
         summary = outcome["summary"]
         timeline.refresh()
         steps = ray.get(hub.steps.remote())
-        account(reports, steps, timeline.events)
-        phases = restart_phases(steps, group_starts(timeline.events))
+        starts = group_starts(timeline.events)
+        account(reports, steps, starts)
+        phases = restart_phases(steps, starts)
     finally:
         ray.shutdown()
         cluster.shutdown()

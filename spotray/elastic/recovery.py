@@ -271,7 +271,6 @@ def alive_spare_nodes(exclude: set[str]) -> dict[str, dict[str, float]]:
     """Live nodes outside `exclude`, with their total resources, in the coordinator's order
     (most GPUs, object store, memory, CPUs first; then node id). A head without CPUs or
     GPUs is left out, as the coordinator leaves it out."""
-    import ray
 
     def eligible(node: dict[str, Any]) -> bool:
         r = node["Resources"]
