@@ -1,4 +1,5 @@
-"""Does the job fit? The model's size and the workers against this machine, before Ray starts.
+"""Does the job fit? The model's size and the workers against this machine or the cluster,
+before Ray Train starts.
 
 A model too big for its workers otherwise fails after Ray started, on every worker, under
 `max_failures` retries, with a Ray traceback. The parameter count comes from building the
@@ -50,13 +51,11 @@ def check_fits(cfg: JobConfig, parameters: int, workers_here: bool) -> None:
             f"{size} ({build / GB:,.1f} GB in fp32); this machine has {free / GB:,.1f} GB free to build it"
         )
     if not workers_here:
-        return  # the cluster's workers: their memory is not known here
+        return  # the cluster's workers: check_cluster_fits, once attached
     workers = cfg.scaling.max_workers
-    shards = workers if cfg.scaling.strategy == "fsdp" else 1
-    state = math.ceil(STATE_BYTES_PER_PARAMETER * parameters / shards)
     if cfg.scaling.use_gpu:
-        _check_gpu(size, state)
-        state = 4 * parameters  # each worker still builds it on the CPU before moving it
+        _check_gpu(size, _training_state(cfg, parameters))
+    state = _host_state(cfg, parameters)
     need = workers * (state + WORKER_PROCESS_BYTES)
     if need > free:
         hint = "lower scaling.max_workers"
@@ -67,6 +66,45 @@ def check_fits(cfg: JobConfig, parameters: int, workers_here: bool) -> None:
             f"({state / GB:,.2f} GB of training state and {WORKER_PROCESS_BYTES / GB:.1f} GB of "
             f"process each), {free / GB:,.1f} GB is free: {hint}"
         )
+
+
+def check_cluster_fits(cfg: JobConfig, parameters: int, nodes: list[dict[str, Any]]) -> None:
+    """Refuse in one line a model that no node of the cluster able to host a worker has the
+    memory for. `nodes`: `ray.nodes()` of the cluster the run attached to.
+
+    Only nodes up now are judged: with none that can host a worker (an autoscaling pool
+    still at zero), the check passes and the autoscaler's nodes decide.
+    """
+    s = cfg.scaling
+    wanted = {"CPU": s.cpus_per_worker, **s.resources_per_worker, **({"GPU": 1.0} if s.use_gpu else {})}
+    hosts = [
+        n["Resources"]
+        for n in nodes
+        if n.get("Alive") and all(n["Resources"].get(k, 0.0) >= v for k, v in wanted.items())
+    ]
+    if not hosts:
+        return
+    need = _host_state(cfg, parameters) + WORKER_PROCESS_BYTES
+    largest = max(h.get("memory", 0.0) for h in hosts)
+    if largest < need:
+        raise ConfigError(
+            f"the model has {parameters:,} parameters: a worker needs about {need / GB:,.1f} GB of "
+            f"memory, and the cluster's nodes that can host one have at most {largest / GB:,.1f} GB "
+            "(Ray's memory resource): use scaling.strategy fsdp on more workers, bigger nodes, or a "
+            "smaller model"
+        )
+
+
+def _training_state(cfg: JobConfig, parameters: int) -> int:
+    """Bytes of training state per worker: FSDP shards it over the workers, DDP replicates it."""
+    shards = cfg.scaling.max_workers if cfg.scaling.strategy == "fsdp" else 1
+    return math.ceil(STATE_BYTES_PER_PARAMETER * parameters / shards)
+
+
+def _host_state(cfg: JobConfig, parameters: int) -> int:
+    """Bytes a worker holds in host memory: its training state on CPU workers; on GPU workers
+    the fp32 model, which each still builds on the CPU before moving it."""
+    return 4 * parameters if cfg.scaling.use_gpu else _training_state(cfg, parameters)
 
 
 def _check_gpu(size: str, state: int) -> None:

@@ -27,6 +27,7 @@ from spotray.cost.ledger import RunRecorder, current_cluster, ledger_problem
 from spotray.driver import runlock
 from spotray.driver.metrics import RunMetrics
 from spotray.driver.progress import ProgressView, RunState, start_hub
+from spotray.driver.resources import check_cluster_fits, check_fits, count_parameters
 from spotray.elastic.registry import RECOVERIES, Recovery
 from spotray.errors import CheckpointMismatchError, Interrupted, SpotrayError, TrainingStopped
 from spotray.ray_compat.node import keep_on_loopback, quiet_token_setup_log
@@ -86,7 +87,6 @@ def check_workload(cfg: JobConfig, workers_here: bool) -> tuple[Workload, ModelF
     """Import and build the workload here, and compute one loss on two samples on the CPU:
     a workload that cannot run, or a model its workers cannot hold (`workers_here`: they run
     on this machine), fails as one line before Ray starts, not on every worker."""
-    from spotray.driver.resources import check_fits, count_parameters
     from spotray.runtime.storage import export_s3_env
     from spotray.workload import load, smoke_check
 
@@ -247,6 +247,9 @@ def train(
     """
     # Writes nothing: a bad workload leaves no trace.
     workload, facts = check_workload(cfg, workers_here=not attach)
+    if attach:  # the cluster's nodes, before anything is written
+        start_ray(cfg, attach, log_to_driver)
+        check_cluster_fits(cfg, facts.parameters, ray.nodes())
     with runlock.hold(run_location(cfg), cfg.name):  # before --fresh deletes anything
         stop = stop_step or cfg.optimizer.steps
         checked = preflight(cfg, fresh, console, workload, facts)

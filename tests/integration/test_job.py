@@ -19,11 +19,13 @@ from tests.conftest import REPO, TEST_CONFIG, free_port, run_spotray, spotray_en
 from tests.integration.faults import wait_for
 
 pytestmark = pytest.mark.integration
+HEAD_MEMORY = 1_000_000_000
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Ray head started with `ray start --block`, stopped by signalling that process only."""
+    """A Ray head started with `ray start --block`, stopped by signalling that process only.
+    Its memory resource is 1 GB, as on a small node: enough for the runs here."""
     temp = tmp_path_factory.mktemp("ray")
     dashboard = free_port()
     env = spotray_env()
@@ -40,6 +42,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             f"--dashboard-port={dashboard}",
             f"--temp-dir={temp}",
             "--num-cpus=2",
+            f"--memory={HEAD_MEMORY}",
             "--disable-usage-stats",
         ],
         env=env,
@@ -87,6 +90,21 @@ def test_train_as_a_ray_job_streams_logs_and_checkpoints(ray_head: str, tmp_path
     assert "Uploading package" not in result.stdout + result.stderr  # Ray's client INFO lines stay quiet
     run = tmp_path / "runs" / "t"  # the relative storage path was pinned to this machine's view
     assert (run / ckpt.dir_name(40) / ckpt.META_FILE).is_file()
+
+
+def test_a_model_no_node_can_hold_fails_before_a_worker_starts(ray_head: str, tmp_path: Path) -> None:
+    """52M parameters: ~1.2 GB per worker with AdamW, and the only node has 1 GB."""
+    shutil.copy(REPO / "examples" / "spirals" / "spirals.py", tmp_path / "my_spirals.py")
+    workload = {"entrypoint": "my_spirals:SpiralsMLP", "args": {"size": 2000, "hidden": 5120}}
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({**TEST_CONFIG, "workload": workload}))
+    result = run_spotray(["train", str(config), "--address", ray_head], cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    said = " ".join((result.stdout + result.stderr).split())
+    need = "a worker needs about 1.2 GB of memory, and the cluster's nodes that can host one have"
+    assert f"{need} at most 1.0 GB" in said
+    assert "started from scratch" not in said  # refused before Ray Train started a worker
+    assert not (tmp_path / "runs").exists()
 
 
 def test_unreachable_cluster_is_one_line(tmp_path: Path) -> None:
