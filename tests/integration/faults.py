@@ -114,17 +114,22 @@ def kill_during_upload(source: Path, dest: Path) -> None:
 
 
 def train_killing_a_worker(
-    args: list[str], cwd: Path, env: dict[str, str], when: Callable[[], bool], what: str
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    when: Callable[[], bool],
+    what: str,
+    interval: float = 0.2,
 ) -> str:
-    """Run `spotray train ARGS`, SIGKILL one of its Ray Train workers once `when()` holds, and
-    return what it printed; the run must still succeed."""
+    """Run `spotray train ARGS`, SIGKILL one of its Ray Train workers once `when()` holds
+    (asked every `interval` seconds), and return what it printed; the run must still succeed."""
     from tests.conftest import SPOTRAY
 
     out = cwd / "out.txt"
     with out.open("w") as sink:
         proc = subprocess.Popen([*SPOTRAY, "train", *args], cwd=cwd, env=env, stdout=sink, stderr=sink)
         try:
-            wait_for(when, 240, what, interval=0.2)
+            wait_for(when, 240, what, interval)
             kill_one_worker(proc.pid)
             assert proc.wait(timeout=300) == 0, out.read_text()
         finally:
