@@ -88,7 +88,7 @@ class RunState:
     started_at: float | None = None  # the first start event's time
     steps_lost: int = 0  # steps trained, then redone after a restart
     lost_s: float = 0.0  # per restart: from the checkpoint it resumed from to the restart
-    _checkpoint_times: dict[int, float] = field(default_factory=dict)
+    _checkpoints: dict[int, msg.Checkpointed] = field(default_factory=dict)  # by step
     _last_start: float = 0.0
 
     @property
@@ -105,8 +105,11 @@ class RunState:
     def _restarted(self, e: msg.Started) -> None:
         self.steps_lost += max(0, self.step - e.step)
         # A checkpoint from before this driver started: count from the previous start.
-        saved_at = self._checkpoint_times.get(e.step, self._last_start)
-        self.lost_s += max(0.0, e.time - saved_at)
+        saved = self._checkpoints.get(e.step)
+        self.lost_s += max(0.0, e.time - (saved.time if saved else self._last_start))
+        if self.last_checkpoint and self.last_checkpoint.step > e.step:
+            # Handed to Ray but not resumed from (torn in its upload, say): not saved after all.
+            self.last_checkpoint = saved
 
     def fold(self, latest: msg.Stepped | None, events: list[msg.Event]) -> list[str]:
         """Take in new events; returns lines worth printing."""
@@ -115,8 +118,7 @@ class RunState:
             if isinstance(e, msg.Started):
                 lines += self._started(e)
             elif isinstance(e, msg.Checkpointed):
-                self.last_checkpoint = e
-                self._checkpoint_times[e.step] = e.time
+                self.last_checkpoint = self._checkpoints[e.step] = e
             elif isinstance(e, msg.Noticed):
                 when = f", deadline in {e.deadline_ms / 1000 - e.time:.0f} s" if e.deadline_ms else ""
                 lines.append(

@@ -92,3 +92,16 @@ def test_run_state_counts_lost_steps_and_time() -> None:
     assert state.restarts == 1 and state.steps_lost == 7
     assert state.lost_s == 10.0  # from the checkpoint at 10 s to the restart at 20 s
     assert state.goodput(now=40.0) == pytest.approx(0.75)
+
+
+def test_a_checkpoint_not_resumed_from_is_no_longer_shown_as_saved() -> None:
+    """Checkpoint 20 was handed to Ray, then its upload was torn: the restart resumes from 10."""
+
+    def saved(step: int) -> msg.Checkpointed:
+        return msg.Checkpointed(step=step, path=f"c{step}", stall_s=0.0, write_s=0.1, time=float(step))
+
+    state = RunState(total=30)
+    state.fold(None, [msg.Started(0, 1, 1, None, False, [], [], 1, time=0.0), saved(10), saved(20)])
+    assert "checkpoint step 20" in state.status()
+    state.fold(None, [msg.Started(10, 1, 1, "c10", False, ["c20: no spotray.json"], [], 2, time=25.0)])
+    assert "checkpoint step 10" in state.status()
