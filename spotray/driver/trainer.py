@@ -8,13 +8,14 @@ per-rank work is in `spotray.runtime.loop`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,67 @@ def _failure_message(err: Exception) -> str:
 Observer = Callable[[msg.Stepped | None, list[msg.Event]], None]
 
 
+@contextlib.contextmanager
+def following(
+    hub: Any,
+    cfg: JobConfig,
+    state: RunState,
+    record_cost: bool,
+    view: ProgressView,
+    observer: Observer | None,
+) -> Iterator[None]:
+    """While the block runs, a thread hands the hub's news every POLL_S to the progress view,
+    Ray's metrics, the cost ledger (starts, checkpoints and the watchers' notices, for the
+    bill's lost work; with `record_cost`, when the ledger can be written) and `observer`;
+    then one last poll after the end."""
+    gcs = ray.get_runtime_context().gcs_address
+    cluster = current_cluster()
+    recorder = RunRecorder(cfg.name, cluster, notices=lambda: read_notices(gcs)) if record_cost else None
+    metrics = RunMetrics(cfg.name, cluster, gcs, state)
+    followers = [f for f in (view.update, metrics, recorder, observer) if f is not None]
+    done = threading.Event()
+
+    def poll() -> None:
+        seen = 0
+        while True:
+            finished = done.is_set()
+            latest, events = ray.get(hub.poll.remote(seen))
+            seen += len(events)
+            for follow in followers:
+                follow(latest, events)
+            if finished:
+                break
+            done.wait(POLL_S)
+        metrics.finish()
+        if recorder:
+            recorder.close()  # in this thread: SQLite connections belong to the thread that made them
+
+    poller = threading.Thread(target=poll, name="spotray-progress", daemon=True)
+    poller.start()
+    try:
+        yield
+    finally:
+        done.set()
+        poller.join(timeout=10)
+
+
+def check_finished(cfg: JobConfig, run: Location, state: RunState, stop: int) -> None:
+    """A run that ended short of `stop`: interrupted (Ctrl-C), or stopped by the loop (a
+    non-finite loss); one line that says where the next run resumes."""
+    last = ckpt.latest(run)
+    if state.stopped is not None:
+        kept = f"the newest checkpoint is step {last.step}" if last else "no checkpoint was written"
+        raise TrainingStopped(
+            f"{cfg.name} stopped: {state.stopped}, before the update; {kept}. Lower optimizer.lr "
+            "or check the data, then run again to resume"
+        )
+    if last is None or last.step < stop:  # aborted: Ctrl-C
+        where = f"from step {last.step}" if last else "from scratch (no checkpoint yet)"
+        raise Interrupted(
+            f"{cfg.name} stopped at step {state.step}; run the same command again to resume {where}"
+        )
+
+
 def train(
     cfg: JobConfig,
     stop_step: int | None,
@@ -273,54 +335,14 @@ def train(
         hub = hub or start_hub()
         state = RunState(total=stop)
         t0 = time.perf_counter()
-        done = threading.Event()
-
-        with ProgressView(state, console) as view:
-            # Starts, checkpoints and the watchers' notices, for the bill's lost work.
-            gcs = ray.get_runtime_context().gcs_address
-            cluster = current_cluster()
-            recorder = None if problem else RunRecorder(cfg.name, cluster, notices=lambda: read_notices(gcs))
-            metrics = RunMetrics(cfg.name, cluster, gcs, state)
-            followers = [f for f in (view.update, metrics, recorder, observer) if f is not None]
-
-            def poll() -> None:
-                seen = 0
-                while True:
-                    finished = done.is_set()  # one last poll after the end
-                    latest, events = ray.get(hub.poll.remote(seen))
-                    seen += len(events)
-                    for follow in followers:
-                        follow(latest, events)
-                    if finished:
-                        break
-                    done.wait(POLL_S)
-                metrics.finish()
-                if recorder:
-                    recorder.close()  # in this thread: SQLite connections belong to the thread that made them
-
-            poller = threading.Thread(target=poll, name="spotray-progress", daemon=True)
-            poller.start()
+        with ProgressView(state, console) as view, following(hub, cfg, state, not problem, view, observer):
             try:
                 build_trainer(cfg, run, stop, hub, progress_every_s, recovery).fit()
             except ray.train.TrainingFailedError as err:
                 raise SpotrayError(f"training failed: {_failure_message(err)}") from err
             except SystemExit:  # Ray Train's SIGINT handler aborts the run, then exits
                 pass
-            finally:
-                done.set()
-                poller.join(timeout=10)
-        last = ckpt.latest(run)
-        if state.stopped is None and (last is None or last.step < stop):  # aborted: Ctrl-C
-            where = f"from step {last.step}" if last else "from scratch (no checkpoint yet)"
-            raise Interrupted(
-                f"{cfg.name} stopped at step {state.step}; run the same command again to resume {where}"
-            )
-        if state.stopped is not None:
-            kept = f"the newest checkpoint is step {last.step}" if last else "no checkpoint was written"
-            raise TrainingStopped(
-                f"{cfg.name} stopped: {state.stopped}, before the update; {kept}. Lower optimizer.lr "
-                "or check the data, then run again to resume"
-            )
+        check_finished(cfg, run, state, stop)
         # Where the workers really resumed: they verify checksums, the preflight only sizes.
         resumed = state.resumed_from if state.starts else resumed
         return _summary(cfg, run, state, time.perf_counter() - t0, resumed, checked.workload)
