@@ -127,6 +127,11 @@ class ScalingSection(Section):
         "(cluster.yaml's on-demand GPU type has it)",
     )
 
+    def worker_resources(self) -> dict[str, float]:
+        """The Ray resources one worker reserves: its CPUs, a GPU with use_gpu, and the extras."""
+        gpu = {"GPU": 1.0} if self.use_gpu else {}
+        return {"CPU": self.cpus_per_worker, **self.resources_per_worker, **gpu}
+
     @model_validator(mode="after")
     def _bounds(self) -> ScalingSection:
         if self.min_workers > self.max_workers:

@@ -75,8 +75,7 @@ def check_cluster_fits(cfg: JobConfig, parameters: int, nodes: list[dict[str, An
     Only nodes up now are judged: with none that can host a worker (an autoscaling pool
     still at zero), the check passes and the autoscaler's nodes decide.
     """
-    s = cfg.scaling
-    wanted = {"CPU": s.cpus_per_worker, **s.resources_per_worker, **({"GPU": 1.0} if s.use_gpu else {})}
+    wanted = cfg.scaling.worker_resources()
     hosts = [
         n["Resources"]
         for n in nodes

@@ -173,9 +173,6 @@ def build_trainer(
     from spotray.runtime.loop import LoopArgs, train_loop_per_worker
 
     s = cfg.scaling
-    resources = {"CPU": s.cpus_per_worker, **s.resources_per_worker}
-    if s.use_gpu:
-        resources["GPU"] = 1
     elastic = s.min_workers != s.max_workers
     workers = (s.min_workers, s.max_workers) if elastic else s.min_workers
     storage_root = resolve(cfg.checkpoint.storage_path, cfg.s3)
@@ -195,7 +192,7 @@ def build_trainer(
         scaling_config=ScalingConfig(
             num_workers=workers,
             use_gpu=s.use_gpu,
-            resources_per_worker=resources,
+            resources_per_worker=s.worker_resources(),
             **recovery.scaling_options(cfg),
         ),
         run_config=RunConfig(
