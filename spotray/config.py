@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import reprlib
 from pathlib import Path
@@ -132,6 +133,12 @@ class ScalingSection(Section):
         gpu = {"GPU": 1.0} if self.use_gpu else {}
         return {"CPU": self.cpus_per_worker, **self.resources_per_worker, **gpu}
 
+    def slots(self, resources: dict[str, float]) -> int:
+        """How many of this job's workers a node with these Ray resources (its totals) can
+        host at once, at most max_workers."""
+        fits = min(math.floor(resources.get(k, 0.0) / v) for k, v in self.worker_resources().items() if v > 0)
+        return max(0, min(fits, self.max_workers))
+
     @model_validator(mode="after")
     def _bounds(self) -> ScalingSection:
         if self.min_workers > self.max_workers:
@@ -206,6 +213,12 @@ class FailureSection(Section):
     max_failures: int = Field(3, ge=-1, description="worker errors and lost nodes retried; -1 forever")
     max_preemption_failures: int = Field(
         -1, ge=-1, description="announced preemptions (drained nodes) retried; -1 forever"
+    )
+    warm_spares: bool = Field(
+        True,
+        description="on a cluster, keep idle worker processes with the imports done on every node "
+        "that can host a worker, one per worker it can host, so a restart skips them "
+        "(~0.5 GB of host memory each)",
     )
 
 

@@ -75,12 +75,7 @@ def check_cluster_fits(cfg: JobConfig, parameters: int, nodes: list[dict[str, An
     Only nodes up now are judged: with none that can host a worker (an autoscaling pool
     still at zero), the check passes and the autoscaler's nodes decide.
     """
-    wanted = cfg.scaling.worker_resources()
-    hosts = [
-        n["Resources"]
-        for n in nodes
-        if n.get("Alive") and all(n["Resources"].get(k, 0.0) >= v for k, v in wanted.items())
-    ]
+    hosts = [n["Resources"] for n in nodes if n.get("Alive") and cfg.scaling.slots(n["Resources"])]
     if not hosts:
         return
     need = _host_state(cfg, parameters) + WORKER_PROCESS_BYTES
