@@ -29,6 +29,7 @@ from spotray.driver import runlock
 from spotray.driver.metrics import RunMetrics
 from spotray.driver.progress import ProgressView, RunState, start_hub
 from spotray.driver.resources import check_cluster_fits, check_fits, count_parameters
+from spotray.driver.warm import WarmSpares
 from spotray.elastic.registry import RECOVERIES, Recovery
 from spotray.errors import CheckpointMismatchError, Interrupted, SpotrayError, TrainingStopped
 from spotray.ray_compat.node import keep_on_loopback, quiet_token_setup_log
@@ -40,6 +41,7 @@ from spotray.workload import ModelFacts, Workload
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 POLL_S = 1.0  # how often the driver asks the hub for news
+PRELOAD_HOOK = "spotray.runtime.preload.preload"  # every worker's setup hook, with warm spares
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,10 @@ def build_trainer(
     hub: Any,
     progress_every_s: float = 0.5,
     recovery: Recovery = RECOVERIES["spotray"],
+    warm_spares: bool = False,
 ) -> Any:
+    """Ray Train's trainer for the run. With `warm_spares`, every worker process runs
+    `runtime.preload` as it starts, and the driver keeps spares of them (`driver.warm`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     from spotray.runtime.loop import LoopArgs, train_loop_per_worker
@@ -199,6 +204,7 @@ def build_trainer(
             name=cfg.name,
             storage_path=storage_root.path,
             storage_filesystem=storage_root.fs,
+            worker_runtime_env=preloading(cfg) if warm_spares else {},
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
             callbacks=recovery.callbacks(cfg),
             failure_config=FailureConfig(
@@ -207,6 +213,24 @@ def build_trainer(
             ),
         ),
     )
+
+
+def preloading(cfg: JobConfig) -> dict[str, Any]:
+    """The workers' runtime env that runs `runtime.preload` in each, the workload's module too."""
+    from spotray.ray_compat.workers import setup_hook_env
+    from spotray.runtime.preload import MODULES_ENV
+
+    module = cfg.workload.entrypoint.partition(":")[0]
+    return {"env_vars": {**setup_hook_env(PRELOAD_HOOK), MODULES_ENV: module}}
+
+
+def warm_spares(cfg: JobConfig) -> WarmSpares:
+    """The follower that keeps warm spares for this run's workers on the cluster's nodes."""
+    from spotray.ray_compat.node import draining_node_ids
+    from spotray.ray_compat.workers import prestart
+
+    job = ray.get_runtime_context().get_job_id()
+    return WarmSpares(cfg.scaling, job, ray.nodes, draining_node_ids, prestart)
 
 
 def _failure_message(err: Exception) -> str:
@@ -230,17 +254,17 @@ def following(
     state: RunState,
     record_cost: bool,
     view: ProgressView,
-    observer: Observer | None,
+    observers: list[Observer],
 ) -> Iterator[None]:
     """While the block runs, a thread hands the hub's news every POLL_S to the progress view,
     Ray's metrics, the cost ledger (starts, checkpoints and the watchers' notices, for the
-    bill's lost work; with `record_cost`, when the ledger can be written) and `observer`;
+    bill's lost work; with `record_cost`, when the ledger can be written) and `observers`;
     then one last poll after the end."""
     gcs = ray.get_runtime_context().gcs_address
     cluster = current_cluster()
     recorder = RunRecorder(cfg.name, cluster, notices=lambda: read_notices(gcs)) if record_cost else None
     metrics = RunMetrics(cfg.name, cluster, gcs, state)
-    followers = [f for f in (view.update, metrics, recorder, observer) if f is not None]
+    followers = [f for f in (view.update, metrics, recorder, *observers) if f is not None]
     done = threading.Event()
 
     def poll() -> None:
@@ -331,10 +355,13 @@ def train(
             os.environ.setdefault(key, value)
         hub = hub or start_hub()
         state = RunState(total=stop)
+        # On a cluster, where nodes come and go: a private Ray on this machine loses none.
+        spares = warm_spares(cfg) if attach and recovery.warm_spares and cfg.failure.warm_spares else None
+        observers = [o for o in (observer, spares) if o is not None]
         t0 = time.perf_counter()
-        with ProgressView(state, console) as view, following(hub, cfg, state, not problem, view, observer):
+        with ProgressView(state, console) as view, following(hub, cfg, state, not problem, view, observers):
             try:
-                build_trainer(cfg, run, stop, hub, progress_every_s, recovery).fit()
+                build_trainer(cfg, run, stop, hub, progress_every_s, recovery, spares is not None).fit()
             except ray.train.TrainingFailedError as err:
                 raise SpotrayError(f"training failed: {_failure_message(err)}") from err
             except SystemExit:  # Ray Train's SIGINT handler aborts the run, then exits

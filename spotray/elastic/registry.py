@@ -39,6 +39,7 @@ class Recovery:
     ray_env: dict[str, str] = field(default_factory=dict)
     system_config: dict[str, Any] = field(default_factory=dict)  # the head's, for clusters spotray starts
     own_policies: bool = False  # spotray's scaling policies and their callbacks
+    warm_spares: bool = False  # idle worker processes, imports done, on every node (driver.warm)
 
     def scaling_options(self, cfg: JobConfig) -> dict[str, Any]:
         """Extra `ScalingConfig` arguments: how often an elastic job looks for more nodes."""
@@ -87,6 +88,7 @@ RECOVERIES = {
         ray_env=RAY_TRAIN_SETTINGS,
         system_config=FAST_HEALTH_CHECK,
         own_policies=True,
+        warm_spares=True,
     ),
     "ray": Recovery("ray", heeds_notices=False),
 }

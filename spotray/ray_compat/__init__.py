@@ -5,7 +5,7 @@ Each function names the private API it uses and the public one that would replac
 Ray that moves one fails there, by name, instead of silently (a policy that never resizes,
 a drain that never happens). Modules: `node` (GCS, KV, drains, this machine's Ray), `train`
 (Ray Train's scaling policies and controller), `autoscaler` (the launcher's config checks
-and the fake multi-node provider).
+and the fake multi-node provider), `workers` (the raylet's worker pool: warm spares).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from spotray.errors import SpotrayError
-from spotray.ray_compat import autoscaler, node
+from spotray.ray_compat import autoscaler, node, workers
 
-__all__ = ["SUPPORTED_RAY", "autoscaler", "check_ray_version", "node"]
+__all__ = ["SUPPORTED_RAY", "autoscaler", "check_ray_version", "node", "workers"]
 
 SUPPORTED_RAY = "2.60."
 

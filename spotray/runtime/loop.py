@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -34,9 +35,10 @@ from ray.train import Checkpoint, CheckpointUploadMode
 
 from spotray.config import JobConfig
 from spotray.elastic.interval import Observation, policy_for
+from spotray.ray_compat.workers import current_runtime_env
 from spotray.runtime import checkpoint as ckpt
 from spotray.runtime import messages as msg
-from spotray.runtime import preemption, strategy, tensors
+from spotray.runtime import preemption, preload, strategy, tensors
 from spotray.runtime.optim import autocast, default_optimizer, schedule, uses_bf16
 from spotray.runtime.order import GlobalOrder, micro_batches, to_device
 from spotray.runtime.resume import Progress, choose_checkpoint, restore
@@ -80,6 +82,7 @@ class LoopArgs:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     entered = time.time()
+    pin_threads()
     args: LoopArgs = loop_config["args"]
     cfg = JobConfig.model_validate(args.config)
     ctx = ray.train.get_context()
@@ -143,7 +146,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     step_s, last_stall, last_commit, last_push, last_poll = 0.0, 0.0, 0.0, 0.0, 0.0
     snapshot_wait = 0.0  # the training thread's waits for snapshots since the last checkpoint
     plan = preemption.PreemptionPlan()
-    born = psutil.Process().create_time()  # this worker process: the restart began about then
+    born = preload.joined_at(psutil.Process().create_time())  # the restart began about then
     # Requests from before this worker process are covered by the restore. One made while it
     # started is not: a growth is weighed as soon as Ray Train reports the group started,
     # before this loop runs (measured: a request 40 ms after the start, ignored, cost the
@@ -159,6 +162,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0 and args.hub is not None:
             args.hub.push.remote(event)
 
+    placement = worker_nodes(group)  # a collective: before the rank-0 test in `tell`
     tell(
         msg.Started(
             step=progress.step,
@@ -171,6 +175,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             pid=os.getpid(),
             born=born,
             entered=entered,
+            worker_nodes=placement,
+            runtime_env=current_runtime_env(),
+            warm=preload.was_spare(),
         )
     )
 
@@ -356,6 +363,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     if writer.pending is not None:
         commit(writer.wait())
+
+
+def pin_threads() -> None:
+    """Size torch's CPU thread pool from OMP_NUM_THREADS, as a torch imported after Ray set it
+    would: Ray sets it when the actor's first task starts, after the worker's setup hook
+    imported torch (`runtime.preload`), whose pool then took the machine's cores. The count
+    fixes the order of float reductions: resumes stay bit-identical."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and threads.isdigit() and int(threads) > 0:
+        torch.set_num_threads(int(threads))
+
+
+def worker_nodes(group: Any) -> list[str]:
+    """The Ray node id of every rank, in rank order (a collective: every rank calls it)."""
+    here = ray.get_runtime_context().get_node_id()
+    if group is None:
+        return [here]
+    nodes: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, here, group=group)
+    return [str(n) for n in nodes]
 
 
 def staging_dir(run: Location, rank: int) -> Path:

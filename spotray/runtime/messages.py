@@ -48,6 +48,11 @@ class Started(Event):
     # the model is built and the checkpoint read.
     born: float = 0.0
     entered: float = 0.0
+    # Where the group runs, a node id per rank, and the workers' runtime env as Ray serialized
+    # it: the driver keeps warm spares like them (spotray.driver.warm).
+    worker_nodes: list[str] = field(default_factory=list)
+    runtime_env: str = ""
+    warm: bool = False  # rank 0's process was a warm spare, its imports done before it was taken
 
 
 @dataclass

@@ -14,6 +14,8 @@ import psutil
 import pytest
 import yaml
 
+from spotray.driver.trainer import PRELOAD_HOOK
+from spotray.ray_compat.workers import setup_hook_env
 from spotray.runtime import checkpoint as ckpt
 from tests.conftest import REPO, TEST_CONFIG, free_port, run_spotray, spotray_env, write_config
 from tests.integration.faults import wait_for
@@ -90,6 +92,21 @@ def test_train_as_a_ray_job_streams_logs_and_checkpoints(ray_head: str, tmp_path
     assert "Uploading package" not in result.stdout + result.stderr  # Ray's client INFO lines stay quiet
     run = tmp_path / "runs" / "t"  # the relative storage path was pinned to this machine's view
     assert (run / ckpt.dir_name(40) / ckpt.META_FILE).is_file()
+    # The warm spares the driver kept on the cluster end with the job.
+    wait_for(lambda: not preloading_processes(), 60, "the job's warm spares to end")
+
+
+def preloading_processes() -> list[int]:
+    """Processes whose environment names spotray's preload hook: training workers and spares."""
+    ((key, hook),) = setup_hook_env(PRELOAD_HOOK).items()
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(key) == hook:
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
 
 
 def test_a_model_no_node_can_hold_fails_before_a_worker_starts(ray_head: str, tmp_path: Path) -> None:

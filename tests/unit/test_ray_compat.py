@@ -25,6 +25,7 @@ def uses(fn: Any, text: str, seam: str) -> None:
 NODE = "spotray/ray_compat/node.py"
 TRAIN = "spotray/ray_compat/train.py"
 AUTOSCALER = "spotray/ray_compat/autoscaler.py"
+WORKERS = "spotray/ray_compat/workers.py"
 
 
 def test_the_supported_version_is_installed_and_another_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,3 +99,23 @@ def test_launcher_config_checks_and_fake_provider() -> None:
     module, _, cls = ray_compat.autoscaler.FAKE_PROVIDER_MODULE.rpartition(".")
     has(importlib.import_module(module), cls, AUTOSCALER)
     assert ray_compat.autoscaler.fake_head_node_id()
+
+
+def test_setup_hook_runtime_env_and_prestart_rpc() -> None:
+    from ray._private import grpc_utils, ray_constants
+    from ray._private.workers import default_worker
+    from ray._raylet import CoreWorker
+    from ray.core.generated import node_manager_pb2, node_manager_pb2_grpc, runtime_environment_pb2
+
+    hook = ray_compat.workers.setup_hook_env("m.f")
+    assert hook == {ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR: "m.f"}, WORKERS
+    source = inspect.getsource(default_worker)
+    assert "ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR" in source, f"no setup hook env: update {WORKERS}"
+    has(CoreWorker, "get_current_runtime_env", WORKERS)
+    has(grpc_utils, "init_grpc_channel", WORKERS)
+    uses(node_manager_pb2_grpc.NodeManagerServiceStub.__init__, "self.PrestartWorkers =", WORKERS)
+    fields = set(node_manager_pb2.PrestartWorkersRequest.DESCRIPTOR.fields_by_name)
+    wanted = {"language", "job_id", "runtime_env_info", "keep_alive_duration_secs", "num_workers"}
+    assert wanted <= fields, f"PrestartWorkersRequest lacks {wanted - fields}: update {WORKERS}"
+    info = runtime_environment_pb2.RuntimeEnvInfo.DESCRIPTOR.fields_by_name
+    assert "serialized_runtime_env" in info, WORKERS

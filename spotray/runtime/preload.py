@@ -1,0 +1,68 @@
+"""What a training worker process imports before Ray hands it work (its setup hook).
+
+Run by every Ray Train worker of a spotray run as the process starts (the workers' runtime
+env names `preload`; spotray.ray_compat.workers). In the warm spares the driver keeps on
+each node (spotray.driver.warm) this happens while the old group still trains, so a restart
+finds torch, Ray Train, spotray's loop and the workload's module already imported: ~5 s a
+process on two cores, more with a big model library. In a worker started cold it is the
+same imports the training function would do first.
+
+Nothing here touches a GPU or sizes a thread pool for good: Ray sets a worker's
+CUDA_VISIBLE_DEVICES and OMP_NUM_THREADS only when an actor's first task starts, and the
+training loop pins torch's threads to OMP_NUM_THREADS then (`runtime.loop`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import time
+
+MODULES_ENV = "SPOTRAY_PRELOAD"  # extra modules, comma-separated: the workload's
+
+# torch._dynamo: torch.optim imports it on an optimizer's first construction (~2 s).
+MODULES = ("spotray.runtime.loop", "torch._dynamo")
+
+logger = logging.getLogger("spotray.runtime")
+
+IDLE_S = 0.5  # a process idle longer than this between its imports and its actor was a spare
+
+_ready_at: float | None = None  # the imports done
+_taken_at: float | None = None  # an actor (a Ray Train worker) began in this process
+
+
+def preload() -> None:
+    """Import what training needs; a module that fails is logged and left to the loop, whose
+    own import then reports it (a failing setup hook would make Ray drop the worker)."""
+    global _ready_at
+    extra = [m for m in os.environ.get(MODULES_ENV, "").split(",") if m]
+    for name in (*MODULES, *extra):
+        try:
+            importlib.import_module(name)
+        except Exception:  # the training function's own import raises it, with context
+            logger.warning("preloading %s failed; the training function imports it again", name, exc_info=1)
+    _ready_at = time.time()
+    threading.Thread(target=_note_when_taken, name="spotray-preload", daemon=True).start()
+
+
+def _note_when_taken() -> None:
+    global _taken_at
+    import ray
+
+    while ray.get_runtime_context().get_actor_id() is None:
+        time.sleep(0.01)
+    _taken_at = time.time()
+
+
+def was_spare() -> bool:
+    """Whether this process waited as a warm spare, imports done, before its actor came. One
+    that Ray started for an actor takes it as soon as its imports are done; a spare sits idle."""
+    return _ready_at is not None and _taken_at is not None and _taken_at - _ready_at > IDLE_S
+
+
+def joined_at(process_created: float) -> float:
+    """When this process joined its worker group, to time the restart from: its creation when
+    Ray started it for the group, the moment it was taken when it was a spare."""
+    return _taken_at if was_spare() and _taken_at is not None else process_created
