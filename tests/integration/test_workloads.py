@@ -149,7 +149,9 @@ def test_announced_preemption_and_elastic_three_two_three(tmp_path: Path) -> Non
     assert report["final_step"] == 130
     announced, grow, shrink = report["events"]
     assert announced["steps_lost"] == 0 and announced["workers_after"] == 2, announced
-    assert announced["resumed_step"] == announced["checkpoint_before_kill"] >= 25
+    # It trained on through the lead and checkpointed again before the kill. (How far it got
+    # depends on the pace: on 2 cores shared with the new nodes' warm spares, 22-30.)
+    assert announced["resumed_step"] == announced["checkpoint_before_kill"] > announced["step_at_notice"]
     assert grow["workers_after"] == 3, grow
     assert shrink["workers_after"] == 2, shrink
     starts = [e for e in report["hub_events"] if e["kind"] == "start"]
