@@ -1,7 +1,8 @@
 """What a training worker process imports before Ray hands it work (its setup hook).
 
-Run by every Ray Train worker of a spotray run as the process starts (the workers' runtime
-env names `preload`; spotray.ray_compat.workers). In the warm spares the driver keeps on
+Run by every Ray Train worker of a run on a cluster with `failure.warm_spares` as the
+process starts (the workers' runtime env names `preload`; spotray.ray_compat.workers), and
+by the spares of them. In the warm spares the driver keeps on
 each node (spotray.driver.warm) this happens while the old group still trains, so a restart
 finds torch, Ray Train, spotray's loop and the workload's module already imported: ~5 s a
 process on two cores, more with a big model library. In a worker started cold it is the
