@@ -108,13 +108,18 @@ def _name(entrypoint: str) -> str:
     return f"workload {entrypoint}"
 
 
+def entrypoint_module(entrypoint: str) -> str:
+    """The module of a `module:attribute` entrypoint."""
+    return entrypoint.partition(":")[0]
+
+
 def resolve_class(entrypoint: str, search_dir: str | None = None) -> type[Workload]:
     """Import `module:attribute` and check it is a Workload subclass.
 
     `search_dir` (default: the current directory) goes first on the path, as `python -m`
     puts it there: a workload in the folder `spotray train` runs from imports as is.
     """
-    module_name, _, attr = entrypoint.partition(":")
+    module_name, attr = entrypoint_module(entrypoint), entrypoint.partition(":")[2]
     folder = os.path.abspath(search_dir or os.getcwd())
     if folder not in sys.path:
         sys.path.insert(0, folder)

@@ -68,7 +68,9 @@ def workload_code(entrypoint: str, here: Path) -> dict[str, Any]:
 
     Its top-level package or module, when it lives in `here` (where `spotray train` runs);
     nothing when it is installed (on the node image, or spotray's own `train`)."""
-    top = entrypoint.partition(":")[0].split(".")[0]
+    from spotray.workload import entrypoint_module
+
+    top = entrypoint_module(entrypoint).split(".")[0]
     if (here / top).is_dir():
         return {"py_modules": [str((here / top).resolve())]}
     if (here / f"{top}.py").is_file():

@@ -37,7 +37,7 @@ from spotray.runtime import checkpoint as ckpt
 from spotray.runtime import messages as msg
 from spotray.runtime.storage import Location, resolve, run_location
 from spotray.spot.watch import read_notices
-from spotray.workload import ModelFacts, Workload
+from spotray.workload import ModelFacts, Workload, entrypoint_module
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 POLL_S = 1.0  # how often the driver asks the hub for news
@@ -220,7 +220,7 @@ def preloading(cfg: JobConfig) -> dict[str, Any]:
     from spotray.ray_compat.workers import setup_hook_env
     from spotray.runtime.preload import MODULES_ENV
 
-    module = cfg.workload.entrypoint.partition(":")[0]
+    module = entrypoint_module(cfg.workload.entrypoint)
     return {"env_vars": {**setup_hook_env(PRELOAD_HOOK), MODULES_ENV: module}}
 
 
