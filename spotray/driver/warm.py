@@ -29,7 +29,7 @@ from spotray.runtime import messages as msg
 
 logger = logging.getLogger("spotray.driver")
 
-TOP_UP_EVERY_S = 2.0
+TOP_UP_EVERY_S = 1.0  # every driver poll: a replacement's spares start within a second of its join
 
 Prestart = Callable[[dict[str, Any], str, str, int], None]
 
