@@ -311,7 +311,7 @@ def run_schedule(
                 reports.append(report)
                 continue
             if waiting is None:  # the steps trained past the grown group's checkpoint are redone
-                report.step_at_kill = max((s for t, s in timeline.steps if t < start.time), default=None)
+                report.step_at_kill = _last_step_before(timeline, start.time)
             else:
                 waiting.resumed_step, waiting.workers_after = report.resumed_step, report.workers_after
                 waiting.kill_to_resume_s = report.kill_to_resume_s + (added_at - waiting.kill_time)
@@ -357,18 +357,31 @@ def run_schedule(
         if not cluster.nodes:  # nothing to run on: the job waits for the next `add`
             report.kill_time, waiting = kill_time, report
             continue
-        _follow_restart(timeline, report, kill_time, timeout_s, lambda e: True)
+        # The loop may end its group ahead of the deadline (spotray.runtime.preemption): the
+        # restart then begins after the notice, before the kill.
+        start = _follow_restart(timeline, report, served, timeout_s, lambda e: True, kill_time)
+        report.step_at_kill = _last_step_before(timeline, start.time) or report.step_at_kill
     if waiting is not None:
         raise RuntimeError("chaos: the schedule took every node and never added one back")
     return reports
 
 
+def _last_step_before(timeline: Timeline, at: float) -> int | None:
+    """The furthest step trained before `at`: the old group's, when `at` is a group's start."""
+    return max((s for t, s in timeline.steps if t < at), default=None)
+
+
 def _follow_restart(
-    timeline: Timeline, report: EventReport, since: float, timeout_s: float, wanted: Any
+    timeline: Timeline,
+    report: EventReport,
+    since: float,
+    timeout_s: float,
+    wanted: Any,
+    kill_time: float | None = None,
 ) -> msg.Started:
     """Wait for the worker group that starts after `since` (and that `wanted` accepts) to train
-    its first step; record where it resumed, its size and how long it took. Returns its
-    start event."""
+    its first step; record where it resumed, its size and how long it took from `kill_time`
+    (default: `since`; 0 when it trained before the kill). Returns its start event."""
     timeline.wait(
         lambda: any(isinstance(e, msg.Started) and e.time >= since and wanted(e) for e in timeline.events),
         timeout_s,
@@ -382,7 +395,7 @@ def _follow_restart(
         "the new group's first step",
     )
     first = next(t for t, step in timeline.steps if t >= start.time and step > start.step)
-    report.kill_to_resume_s = first - since
+    report.kill_to_resume_s = max(0.0, first - (since if kill_time is None else kill_time))
     return start
 
 

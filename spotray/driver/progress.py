@@ -132,6 +132,11 @@ class RunState:
                 lines.append(
                     f"checkpointed step {e.step} ahead of the deadline; holding until the node is gone"
                 )
+            elif isinstance(e, msg.HandingOver):
+                lines.append(
+                    f"step {e.step} is safe and the nodes that stay have room: restarting on them "
+                    f"{e.before_deadline_s:.1f} s before the deadline"
+                )
             elif isinstance(e, msg.Stopped):
                 self.stopped = e.reason
         if latest is not None:

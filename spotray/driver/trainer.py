@@ -192,6 +192,7 @@ def build_trainer(
                 hub=hub,
                 launch_dir=os.getcwd(),
                 progress_every_s=progress_every_s,
+                hand_over=recovery.own_policies,
             )
         },
         scaling_config=ScalingConfig(

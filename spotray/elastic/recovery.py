@@ -40,6 +40,12 @@ places nothing new on a node being drained, but the coordinator counts it until 
 Their share moves to a spare node (or the replacement launched at the notice), so that a
 preemption restarts the job once, onto the nodes that will stay.
 
+That restart need not wait for the node to go: once the training loop's last checkpoint
+before the deadline is registered and the nodes that stay have room, the loop ends its
+group (`spotray.runtime.preemption.NodeLeaving`). `PreemptionFailurePolicy` counts that as
+the preemption it is (Ray's `max_preemption_failures`, not `max_failures`), and
+`FreshClusterView` does not wait for a node death that has not happened yet.
+
 The start timeout is left alone: lowering it would also cut short legitimate slow starts
 (cold GPU nodes), and a timed-out start is retried for ever.
 """
@@ -52,12 +58,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.train import UserCallback
+from ray.train import PreemptionError, PreemptionInfo, UserCallback
 
 from spotray.elastic.growth import PAYBACK_RESTARTS, Pace, growth_pays, saved_s
 from spotray.ray_compat.node import draining_node_ids
-from spotray.ray_compat.train import ElasticPolicyBase, NoopDecision, ResizeDecision, ScalingDecision
+from spotray.ray_compat.train import (
+    ElasticPolicyBase,
+    FailurePolicyBase,
+    NoopDecision,
+    ResizeDecision,
+    ScalingDecision,
+)
 from spotray.runtime.messages import CheckpointReport
+from spotray.runtime.preemption import NodeLeaving
 from spotray.spot.watch import request_checkpoint
 
 # Under ray.train: Ray Train writes these next to its own decisions, in the controller log.
@@ -92,6 +105,8 @@ class FreshClusterView(UserCallback):
         self._known = alive_nodes()  # the nodes of a healthy, running job
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        if handed_over(worker_exceptions) is not None:  # no node died: the view is fresh already
+            return
         known = self._known or alive_nodes()
         deadline = time.monotonic() + WAIT_FOR_DEATH_S
         while not (known - alive_nodes()) and time.monotonic() < deadline:
@@ -100,6 +115,24 @@ class FreshClusterView(UserCallback):
         if _refresh_coordinator() is not None:
             self._known = alive_nodes()
             logger.info("refreshed the cluster view after a failure; nodes lost: %s", sorted(lost) or "none")
+
+
+def handed_over(worker_exceptions: dict[int, Exception]) -> NodeLeaving | None:
+    """The loop's `NodeLeaving`, when that is why the worker group ended."""
+    return next((e for e in worker_exceptions.values() if isinstance(e, NodeLeaving)), None)
+
+
+class PreemptionFailurePolicy(FailurePolicyBase):
+    """Ray's failure policy, which takes a worker group the training loop ended ahead of a
+    preemption (`NodeLeaving`) for the `PreemptionError` Ray raises when it ends one at the
+    deadline: retried against `max_preemption_failures`, not `max_failures`."""
+
+    def make_decision(self, training_failed_error: Any) -> Any:
+        leaving = handed_over(getattr(training_failed_error, "worker_failures", None) or {})
+        if leaving is not None:
+            info = PreemptionInfo(deadline_ms=leaving.deadline_ms, preempted_node_to_ranks=leaving.nodes)
+            training_failed_error = PreemptionError(preemption_info=info, drain_timed_out=False)
+        return super().make_decision(training_failed_error)
 
 
 class ReportClock(UserCallback):

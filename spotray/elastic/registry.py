@@ -49,23 +49,27 @@ class Recovery:
         return {}
 
     def trainer_class(self, cfg: JobConfig) -> type:
-        """`TorchTrainer`, or one whose controller runs spotray's policy for this config."""
+        """`TorchTrainer`, or one whose controller runs spotray's policies for this config:
+        its scaling policy where the job is elastic or falls back to on-demand, and its
+        failure policy always (the loop may end a group ahead of a preemption)."""
         from ray.train.torch import TorchTrainer
 
-        s = cfg.scaling
-        if not self.uses_policy(cfg):
+        if not self.own_policies:
             return TorchTrainer
         from spotray.elastic.fallback import SpotFallbackPolicy
-        from spotray.elastic.recovery import FreshElasticPolicy
+        from spotray.elastic.recovery import FreshElasticPolicy, PreemptionFailurePolicy
         from spotray.ray_compat.train import policy_trainer
 
-        if s.on_demand_after_s is not None:
-            return policy_trainer(
-                lambda c: SpotFallbackPolicy(
+        s = cfg.scaling
+
+        def scaling(c: Any) -> Any:
+            if s.on_demand_after_s is not None:
+                return SpotFallbackPolicy(
                     c, s.on_demand_resources_per_worker, s.on_demand_after_s, s.grow_payback_restarts
                 )
-            )
-        return policy_trainer(lambda c: FreshElasticPolicy(c, s.grow_payback_restarts))
+            return FreshElasticPolicy(c, s.grow_payback_restarts)
+
+        return policy_trainer(scaling if self.uses_policy(cfg) else None, PreemptionFailurePolicy)
 
     def callbacks(self, cfg: JobConfig) -> list[Any]:
         """Ray Train callbacks: spotray's policies re-size from a true cluster view, growing

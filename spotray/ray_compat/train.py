@@ -1,11 +1,14 @@
-"""Ray Train 2.60's scaling policies and controller, which its public API does not open.
+"""Ray Train 2.60's scaling and failure policies and controller, which its public API does
+not open.
 
 Train 2.60 builds its scaling policy from `ScalingConfig` alone. spotray's policies (growth
 from a checkpoint they ask for, draining nodes left out, the on-demand fallback) subclass
 its elastic policy (`ray.train.v2._internal.execution.scaling_policy`) and reach it through
-`ElasticPolicyBase`'s public-named methods only; the controller gets them through
-`TorchTrainer._initialize_and_run_controller`. Public replacement: a pluggable scaling
-policy in `ScalingConfig`, which Ray Train does not have.
+`ElasticPolicyBase`'s public-named methods only. Likewise its failure policy comes from
+`FailureConfig` alone; spotray's (a group its loop ended ahead of a preemption counted as
+that preemption) subclasses Ray's default one (`FailurePolicyBase`). The controller gets
+both through `TorchTrainer._initialize_and_run_controller`. Public replacement: pluggable
+policies in `ScalingConfig` and `FailureConfig`, which Ray Train does not have.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy
 from ray.train.v2._internal.execution.scaling_policy import (
     ElasticScalingPolicy,
     NoopDecision,
@@ -27,6 +31,7 @@ from ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_cli
 __all__ = [
     "AUTOSCALING_REQUESTS_GET_TIMEOUT_S",
     "ElasticPolicyBase",
+    "FailurePolicyBase",
     "NoopDecision",
     "ResizeDecision",
     "ScalingDecision",
@@ -70,19 +75,34 @@ class ElasticPolicyBase(ElasticScalingPolicy):
         return self._get_resize_decision(workers)
 
 
+class FailurePolicyBase(DefaultFailurePolicy):
+    """Ray's default failure policy (retries against `FailureConfig`'s budgets); subclasses
+    override `make_decision(training_failed_error)` and call super."""
+
+
 def coordinator_of(client: TrainAutoscalingCoordinatorClient) -> tuple[Any, str]:
     """The coordinator actor behind a client, and the client's requester id."""
     return client._autoscaling_coordinator, client._requester_id
 
 
-def policy_trainer(make_policy: Callable[[Any], Any]) -> type:
-    """A TorchTrainer whose controller runs `make_policy(scaling_config)` as its scaling
-    policy: the trainer's `_initialize_and_run_controller` is the one place to hand it one."""
+def policy_trainer(
+    make_scaling: Callable[[Any], Any] | None = None,
+    make_failure: Callable[[Any], Any] | None = None,
+) -> type:
+    """A TorchTrainer whose controller runs `make_scaling(scaling_config)` as its scaling
+    policy and `make_failure(failure_config)` as its failure policy, where given: the
+    trainer's `_initialize_and_run_controller` is the one place to hand it either."""
     from ray.train.torch import TorchTrainer
 
     class PolicyTorchTrainer(TorchTrainer):
+        scaling_policy = staticmethod(make_scaling) if make_scaling else None
+        failure_policy = staticmethod(make_failure) if make_failure else None
+
         def _initialize_and_run_controller(self, **kwargs: Any) -> Any:
-            kwargs["scaling_policy"] = make_policy(self.scaling_config)
+            if self.scaling_policy is not None:
+                kwargs["scaling_policy"] = self.scaling_policy(self.scaling_config)
+            if self.failure_policy is not None:
+                kwargs["failure_policy"] = self.failure_policy(self.run_config.failure_config)
             return super()._initialize_and_run_controller(**kwargs)
 
     return PolicyTorchTrainer

@@ -31,7 +31,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint, CheckpointUploadMode
+from ray.train import Checkpoint, CheckpointConsistencyMode, CheckpointUploadMode
 
 from spotray.config import JobConfig
 from spotray.elastic.interval import Observation, policy_for
@@ -78,6 +78,9 @@ class LoopArgs:
     hub: Any  # the driver's ProgressHub actor, or None
     launch_dir: str  # where `spotray train` runs: the workload imports from there
     progress_every_s: float = 0.5
+    # End the group ahead of a preemption's deadline (preemption.NodeLeaving): only where the
+    # trainer's failure policy counts that as the preemption, not against max_failures.
+    hand_over: bool = False
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -162,7 +165,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0 and args.hub is not None:
             args.hub.push.remote(event)
 
-    placement = worker_nodes(group)  # a collective: before the rank-0 test in `tell`
+    placement, spares = worker_nodes(group)  # a collective: before the rank-0 test in `tell`
     tell(
         msg.Started(
             step=progress.step,
@@ -177,7 +180,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             entered=entered,
             worker_nodes=placement,
             runtime_env=current_runtime_env(),
-            warm=preload.was_spare(),
+            warm=spares,
         )
     )
 
@@ -332,6 +335,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             answering = None
             if urgent:  # a node is going, or a move waits: write and hand it over now
                 commit(writer.wait())
+                if plan.noticed and not plan.final_saved and args.hand_over:
+                    # Written only after the final checkpoint came due (a short lead, slow
+                    # storage), and the group can restart without the node: this one is the
+                    # last; hold and hand over now. Without room one more step is a gain.
+                    late = plan.wants_final(time.time() * 1000, step_s, last_commit)
+                    plan.final_saved = _rank0_says(
+                        rank == 0 and late and _room_without_draining(world, cfg.scaling), device, distributed
+                    )
             obs = Observation(
                 step_s=step_s,
                 stall_s=last_stall,
@@ -359,6 +370,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         hold_until = plan.holding_until_ms()
         if hold_until is not None:
             tell(msg.Holding(step=step))
+            if rank == 0 and args.hand_over:
+                _hand_over(plan, args.run, step, world, cfg.scaling, tell)
             _hold(hold_until, step)
 
     if writer.pending is not None:
@@ -375,14 +388,15 @@ def pin_threads() -> None:
         torch.set_num_threads(int(threads))
 
 
-def worker_nodes(group: Any) -> list[str]:
-    """The Ray node id of every rank, in rank order (a collective: every rank calls it)."""
-    here = ray.get_runtime_context().get_node_id()
-    if group is None:
-        return [here]
-    nodes: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(nodes, here, group=group)
-    return [str(n) for n in nodes]
+def worker_nodes(group: Any) -> tuple[list[str], list[bool]]:
+    """The Ray node id of every rank, and whether its process was a warm spare, in rank
+    order (a collective: every rank calls it)."""
+    here = (ray.get_runtime_context().get_node_id(), preload.was_spare())
+    ranks: list[Any] = [here]
+    if group is not None:
+        ranks = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, here, group=group)
+    return [str(node) for node, _ in ranks], [bool(spare) for _, spare in ranks]
 
 
 def staging_dir(run: Location, rank: int) -> Path:
@@ -427,6 +441,48 @@ def _hold(until_ms: float, step: int) -> None:
     logger.warning(
         "the preempted node is still here %.0f s past its deadline: training on", preemption.HOLD_GRACE_S
     )
+
+
+def _rank0_says(vote: bool, device: Any, distributed: bool) -> bool:
+    """Rank 0's `vote`, on every rank (a collective)."""
+    said = torch.tensor(float(vote), device=device)
+    if distributed:
+        dist.all_reduce(said)
+    return said.item() > 0
+
+
+def _room_without_draining(world: int, scaling: Any) -> bool:
+    """Whether the live nodes that are not draining can host `world` workers, by their total
+    resources (the group's own share comes free as it ends)."""
+    from spotray.ray_compat.node import draining_node_ids
+
+    draining = draining_node_ids()
+    staying = [n for n in ray.nodes() if n["Alive"] and n["NodeID"] not in draining]
+    return sum(scaling.slots(n["Resources"]) for n in staying) >= world
+
+
+def _hand_over(
+    plan: preemption.PreemptionPlan, run: Location, step: int, world: int, scaling: Any, tell: Any
+) -> None:
+    """Raise `NodeLeaving` once Ray has registered the checkpoint of `step` (whole in
+    storage) and the nodes that are not draining can host `world` workers; return at the
+    deadline if that never happens. Rank 0 alone: one rank's error ends the whole group."""
+    folder, registered = ckpt.dir_name(step), False
+    while plan.deadline_ms is not None and (left_s := plan.deadline_ms / 1000 - time.time()) > 0:
+        if not registered:
+            try:  # waits for the reports in flight: the checkpoint's upload
+                listed = ray.train.get_all_reported_checkpoints(
+                    consistency_mode=CheckpointConsistencyMode.COMMITTED, timeout_s=left_s
+                )
+            except Exception:  # too late to end early: hold until the deadline
+                logger.warning("the checkpoint of step %d was not registered in time", step, exc_info=True)
+                return
+            registered = any(c.checkpoint.path.rstrip("/").endswith(folder) for c in listed)
+            registered = registered and ckpt.inspect(run.join(folder), step).complete
+        if registered and _room_without_draining(world, scaling):
+            tell(msg.HandingOver(step=step, before_deadline_s=round(left_s, 2)))
+            raise preemption.NodeLeaving(step, plan.deadline_ms, plan.nodes)
+        time.sleep(0.2)
 
 
 def _failures(hub: Any) -> tuple[int, float]:

@@ -3,7 +3,8 @@
 Three channels, each with one writer and one reader:
 
 - Events to the driver's `ProgressHub` (rank 0 writes; progress, ledger, metrics and chaos
-  read): `Started`, `Stepped`, `Checkpointed`, `Noticed`, `Holding`, `Stopped`.
+  read): `Started`, `Stepped`, `Checkpointed`, `Noticed`, `Holding`, `HandingOver`,
+  `Stopped`.
 - `CheckpointReport`: the metrics handed to `ray.train.report` with each checkpoint (the
   loop writes; spotray's scaling policies read them in their `after_report`).
 - `CheckpointRequest`: "checkpoint now" in Ray's internal KV (the watcher and the scaling
@@ -52,7 +53,7 @@ class Started(Event):
     # it: the driver keeps warm spares like them (spotray.driver.warm).
     worker_nodes: list[str] = field(default_factory=list)
     runtime_env: str = ""
-    warm: bool = False  # rank 0's process was a warm spare, its imports done before it was taken
+    warm: list[bool] = field(default_factory=list)  # per rank: a warm spare, imports done when taken
 
 
 @dataclass
@@ -106,6 +107,16 @@ class Holding(Event):
 
     kind: ClassVar[str] = "hold"
     step: int
+
+
+@dataclass
+class HandingOver(Event):
+    """The held checkpoint is registered and the nodes that stay have room: the group ends
+    now, `before_deadline_s` ahead of the preempted node's deadline, to restart without it."""
+
+    kind: ClassVar[str] = "handover"
+    step: int
+    before_deadline_s: float
 
 
 @dataclass

@@ -7,8 +7,14 @@ AWS's two-minute notice), the loop:
    early;
 2. keeps training, since the notice leaves up to two minutes of useful work;
 3. checkpoints once more `guard_s` before the deadline and then holds, taking no further
-   step, until Ray Train ends the worker group. Steps taken after that last checkpoint
-   would be lost with the node; holding loses none, and costs at most `guard_s` of time.
+   step. Steps taken after that last checkpoint would be lost with the node; holding loses
+   none. (Where the notice's own checkpoint is written only after that moment and the
+   group could restart without the node, that one is the last: see 4.)
+4. ends the worker group as soon as that checkpoint is registered and the nodes that stay
+   (with the replacement launched at the notice) can host as many workers (`NodeLeaving`,
+   which spotray's failure policy counts as the preemption): the one restart a preemption
+   costs then runs while the node still has its last seconds, not after it is gone.
+   Without that room it holds until Ray Train ends the group at the deadline.
 
 The guard covers what must happen before the deadline: noticing the time (one poll), the
 step under way, and writing the checkpoint, with a factor of two for noise.
@@ -16,7 +22,7 @@ step under way, and writing the checkpoint, with a factor of two for noise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 POLL_S = 1.0  # how often the loop asks Ray Train about drains; Ray's own watcher polls below it
@@ -38,6 +44,7 @@ class PreemptionPlan:
     """Tracks one preemption notice through the steps above."""
 
     deadline_ms: int | None = None  # from PreemptionInfo; None: no notice (or no deadline)
+    nodes: dict[str, list[int]] = field(default_factory=dict)  # preempted node -> its ranks
     noticed: bool = False
     final_saved: bool = False
 
@@ -48,6 +55,7 @@ class PreemptionPlan:
         deadline = getattr(info, "deadline_ms", None) or None
         news = not self.noticed or deadline != self.deadline_ms
         self.noticed, self.deadline_ms = True, deadline
+        self.nodes = {str(k): list(v) for k, v in getattr(info, "preempted_node_to_ranks", {}).items()}
         if news:
             self.final_saved = False
         return news
@@ -67,3 +75,21 @@ class PreemptionPlan:
         if not self.final_saved or not self.deadline_ms:
             return None
         return self.deadline_ms + HOLD_GRACE_S * 1000
+
+
+class NodeLeaving(Exception):
+    """Raised by rank 0 to end its worker group before a preempted node's deadline: the last
+    checkpoint before it is registered, and the nodes that stay can host the group (step 4
+    of the module doc). Carries what Ray Train's `PreemptionInfo` does, for the failure
+    policy (spotray.elastic.recovery.PreemptionFailurePolicy)."""
+
+    def __init__(self, step: int, deadline_ms: int | None, nodes: dict[str, list[int]]) -> None:
+        super().__init__(step, deadline_ms, nodes)
+        self.step, self.deadline_ms, self.nodes = step, deadline_ms, nodes
+
+    def __str__(self) -> str:
+        going = ", ".join(n[:8] for n in sorted(self.nodes)) or "a node"
+        return (
+            f"step {self.step} is checkpointed and node {going} is being preempted: ending this "
+            "worker group now, to restart on the nodes that stay"
+        )

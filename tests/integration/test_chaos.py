@@ -52,7 +52,8 @@ def files_of(folder: Path) -> dict[str, str]:
 
 
 def test_announced_preemptions_lose_no_step_and_are_not_failures(reference, tmp_path: Path) -> None:
-    """One node, then two at once, with max_failures=0: preemptions have their own budget.
+    """One node, then two at once, with max_failures=0: preemptions have their own budget,
+    also when the loop ends its group before the deadline (spotray.runtime.preemption).
 
     Storage is slow (every checkpoint write takes 4 s longer) and the first notice comes
     right after the step-40 write began: the loop finishes and commits that write, then
@@ -78,10 +79,17 @@ def test_announced_preemptions_lose_no_step_and_are_not_failures(reference, tmp_
     # counted in the seconds its event lost.
     assert [e["restarts"] for e in report["events"]] == [1, 1]
     assert all(e["seconds_lost"] > 0 for e in report["events"]), report["events"]
-    # The first restart ran on warm spares (idle, imports done, when taken), which the first
-    # start could not. (The second's come up on replacement nodes during the notice's lead.)
+    # The first group ended as soon as its last checkpoint was registered, the replacement
+    # there: that restart ran during the notice's lead, not after the kill. (The second
+    # notice's last checkpoint may be registered too late for it.)
+    handovers = [e for e in report["hub_events"] if e["kind"] == "handover"]
+    assert handovers and handovers[0]["step"] == first["resumed_step"], handovers
+    assert first["notice_served"] < handovers[0]["time"] < first["kill_time"], (first, handovers)
+    # The restarts ran on warm spares (idle, imports done, when taken) where a node had had
+    # time to warm one, which the first start could not. (Those on replacements that joined
+    # at the notice are often still importing on two cores.)
     starts = [e for e in report["hub_events"] if e["kind"] == "start"]
-    assert [s["warm"] for s in starts[:2]] == [False, True], starts
+    assert not any(starts[0]["warm"]) and any(any(s["warm"]) for s in starts[1:]), starts
     # Same world size all along: the same parameters as the uninterrupted run, bit for bit,
     # although the spares imported torch before Ray set their thread count.
     assert_bit_identical(final_state(tmp_path, run="t-chaos"), final_state(reference[0]))

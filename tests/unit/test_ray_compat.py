@@ -88,7 +88,11 @@ def test_train_policy_members_and_controller_hook() -> None:
 
     hook = has(TorchTrainer, "_initialize_and_run_controller", TRAIN)
     uses(hook, "**controller_init_kwargs", TRAIN)  # handed on to the controller as they come
-    assert "scaling_policy" in inspect.signature(TrainController.__init__).parameters, TRAIN
+    controller_args = inspect.signature(TrainController.__init__).parameters
+    assert {"scaling_policy", "failure_policy"} <= set(controller_args), TRAIN
+    from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy
+
+    assert "training_failed_error" in inspect.signature(DefaultFailurePolicy.make_decision).parameters, TRAIN
 
 
 def test_launcher_config_checks_and_fake_provider() -> None:
