@@ -24,7 +24,8 @@ drained the node, after the kill otherwise (chaos's module doc). The arms:
 - ray-alone: Ray Train with FailureConfig retries and the same periodic checkpoints, Ray's
   default settings, nobody acting on the notices (chaos --ray-alone).
 - spotray: the watchers drain the node on the notice, the loop checkpoints at once and
-  holds, the job is elastic (1..2 workers) and the checkpoint interval is `auto`.
+  holds, the job is elastic (1..2 workers) and the checkpoint interval is `auto`, its prior
+  node MTBF (2 h) scaled as the notice's lead is (1/30: 4 minutes).
 
 Measured per run: wall time (the driver's fit()), goodput (the job's steps at the
 uninterrupted run's pace / wall time), steps lost per preemption, seconds from each kill to the next trained
@@ -93,13 +94,21 @@ CONFIG: dict[str, Any] = {
 }
 SCHEDULE = ["40:announced", "110:unannounced", "150:announced"]
 LEAD_S = 4.0  # AWS: 120 s
+TIME_SCALE = 120.0 / LEAD_S  # the run's seconds per AWS second, for what is given in time
+PRIOR_MTBF_HOURS = 2.0 / TIME_SCALE  # checkpoint.prior_mtbf_hours's default, scaled
 LAST_EVENT_STEP = max(parse_event(e, LEAD_S).at_step for e in SCHEDULE)
 STEP_S = 0.2  # steps padded to this (chaos --slow-step-s): the lead spans 20 steps
 SIGTERM_GRACE_S = 2.0  # from the OS shutdown to the instance gone
 ARMS: dict[str, tuple[dict[str, Any], list[str]]] = {
     "article": ({}, ["--ray-alone", "--sigterm-grace-s", str(SIGTERM_GRACE_S)]),
     "ray-alone": ({}, ["--ray-alone"]),
-    "spotray": ({"scaling": {"min_workers": 1}, "checkpoint": {"interval": "auto"}}, []),
+    "spotray": (
+        {
+            "scaling": {"min_workers": 1},
+            "checkpoint": {"interval": "auto", "prior_mtbf_hours": PRIOR_MTBF_HOURS},
+        },
+        [],
+    ),
 }
 TOLERANCE = 1e-4
 TRACES = REPO / "data" / "spot-traces" / "availability" / "16-node"  # vendored: data/spot-traces/SOURCE.md
@@ -349,6 +358,9 @@ def main() -> None:
     parser.add_argument(
         "--arm", choices=list(ARMS), action="append", help="only these arms (repeatable); default: all"
     )
+    parser.add_argument(
+        "--workdir", type=Path, help="keep each run's config, report and checkpoints here (default: temp)"
+    )
     parser.add_argument("--on-demand-price", type=float, default=12.24, help="p3.8xlarge $/h (bundled table)")
     parser.add_argument("--spot-price", type=float, default=3.672, help="$/h; default: 70%% below on demand")
     args = parser.parse_args()
@@ -358,7 +370,7 @@ def main() -> None:
     started = time.time()
     results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS if arm in (args.arm or ARMS)}
     with tempfile.TemporaryDirectory(prefix="bench-preemption-") as tmp:
-        workdir = Path(tmp)
+        workdir = args.workdir or Path(tmp)
         print("reference: the same job without preemptions ...", end=" ", flush=True)
         ref = reference(workdir, merged({"optimizer": {"steps": args.steps}}))
         print(f"wall {ref['wall_s']:.0f} s, goodput {ref['goodput']:.2f}", flush=True)
