@@ -31,7 +31,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint, CheckpointConsistencyMode, CheckpointUploadMode
+from ray.train import Checkpoint, CheckpointUploadMode
 
 from spotray.config import JobConfig
 from spotray.elastic.interval import Observation, policy_for
@@ -41,7 +41,7 @@ from spotray.runtime import messages as msg
 from spotray.runtime import preemption, preload, strategy, tensors
 from spotray.runtime.optim import autocast, default_optimizer, schedule, uses_bf16
 from spotray.runtime.order import GlobalOrder, micro_batches, to_device
-from spotray.runtime.resume import Progress, choose_checkpoint, restore
+from spotray.runtime.resume import Progress, choose_checkpoint, registered_paths, restore
 from spotray.runtime.storage import Location, export_s3_env
 from spotray.workload import Workload, load, model_shapes
 
@@ -471,13 +471,11 @@ def _hand_over(
     while plan.deadline_ms is not None and (left_s := plan.deadline_ms / 1000 - time.time()) > 0:
         if not registered:
             try:  # waits for the reports in flight: the checkpoint's upload
-                listed = ray.train.get_all_reported_checkpoints(
-                    consistency_mode=CheckpointConsistencyMode.COMMITTED, timeout_s=left_s
-                )
+                paths = registered_paths(timeout_s=left_s)
             except Exception:  # too late to end early: hold until the deadline
                 logger.warning("the checkpoint of step %d was not registered in time", step, exc_info=True)
                 return
-            registered = any(c.checkpoint.path.rstrip("/").endswith(folder) for c in listed)
+            registered = folder in {path.rsplit("/", 1)[-1] for path in paths}
             registered = registered and ckpt.inspect(run.join(folder), step).complete
         if registered and _room_without_draining(world, scaling):
             tell(msg.HandingOver(step=step, before_deadline_s=round(left_s, 2)))

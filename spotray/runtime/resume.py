@@ -77,12 +77,7 @@ def choose_checkpoint(run: Location, rank: int) -> Resume:
     """
     resume = Resume(None, False)
     if rank == 0:
-        registered = {
-            c.checkpoint.path.rstrip("/")
-            for c in ray.train.get_all_reported_checkpoints(
-                consistency_mode=CheckpointConsistencyMode.COMMITTED, timeout_s=30
-            )
-        }
+        registered = registered_paths(timeout_s=30)
         stored = ckpt.scan(run)
         newest, skipped = _newest_verified([c for c in stored if c.complete])
         removed = []
@@ -105,6 +100,17 @@ def choose_checkpoint(run: Location, rank: int) -> Resume:
         return resume
     found = ckpt.inspect(run.join(ckpt.dir_name(step)), step) if step is not None else None
     return Resume(found, known, ray_lists=listed)
+
+
+def registered_paths(timeout_s: float) -> set[str]:
+    """The storage paths of the checkpoints Ray Train has registered for this run, once it
+    has processed the reports in flight (their uploads); raises if that takes `timeout_s`."""
+    return {
+        c.checkpoint.path.rstrip("/")
+        for c in ray.train.get_all_reported_checkpoints(
+            consistency_mode=CheckpointConsistencyMode.COMMITTED, timeout_s=timeout_s
+        )
+    }
 
 
 def _newest_verified(
