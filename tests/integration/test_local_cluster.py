@@ -22,7 +22,7 @@ import psutil
 import pytest
 import yaml
 
-from spotray.cluster.local import LocalCluster, cluster_processes, down_processes, load_state
+from spotray.cluster.local import LocalCluster, cluster_processes, down_local, load_state
 from tests.conftest import REPO, SPOTRAY, no_aws_env, run_spotray, spotray_env, write_config
 
 pytestmark = pytest.mark.integration
@@ -31,14 +31,20 @@ IDLE_TIMEOUT_MIN = 0.2  # cluster.local.yaml says 0.5; 12 s keeps the test short
 STEPS = 400  # enough to still be training after the fallback and the move back
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 2.0) -> Any:
+def wait_for(
+    what: str,
+    check: Callable[[], Any],
+    timeout: float,
+    every: float = 2.0,
+    context: Callable[[], str] = lambda: "",
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = check()
         if found:
             return found
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{context()}")
 
 
 @pytest.fixture
@@ -55,7 +61,7 @@ def local_cluster(tmp_path: Path) -> Iterator[tuple[Path, LocalCluster]]:
     try:
         yield path, cluster
     finally:
-        down_processes(cluster.daemons)  # whatever the test left, it stops only this cluster
+        down_local(cluster)  # whatever the test left, it stops only this cluster, and forgets it
 
 
 def beyond_loopback(procs: list[psutil.Process]) -> list[str]:
@@ -70,6 +76,20 @@ def beyond_loopback(procs: list[psutil.Process]) -> list[str]:
         except psutil.NoSuchProcess:
             continue
     return found
+
+
+def controller_decisions(temp_dir: Path) -> str:
+    """What Ray Train's controller decided (its system log, INFO and above), for a failure."""
+    lines = []
+    for log in sorted(temp_dir.glob("session_latest/logs/train/ray-train-sys-controller-*.log")):
+        for line in log.read_text().splitlines():
+            try:
+                said = json.loads(line)
+            except json.JSONDecodeError:  # a line still being written
+                continue
+            if said.get("levelname") != "DEBUG":
+                lines.append(f"{said.get('asctime')} {str(said.get('message'))[:200]}")
+    return "\n".join(lines)
 
 
 def status(tmp_path: Path, path: Path) -> dict[str, Any]:
@@ -117,14 +137,24 @@ def test_local_cluster_scales_falls_back_to_on_demand_and_goes_down_clean(
             "checkpoint": {"storage_path": str(tmp_path / "runs"), "interval": 200},
         },
     )
+    log = tmp_path / "train.log"
     job = subprocess.Popen(
         [*SPOTRAY, "train", str(config), "--address", "local"],
         cwd=tmp_path,
         env=spotray_env(),
-        stdout=subprocess.PIPE,
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+    def seen() -> str:
+        """What a person would look at when the job does not get there: status, the job's
+        log and Ray Train's decisions."""
+        now = run_spotray(["status", "--local", str(path)], cwd=tmp_path, timeout=60).stdout
+        tail = "\n".join(log.read_text().splitlines()[-40:])
+        decisions = controller_decisions(Path(cluster.temp_dir))
+        return f"spotray status:\n{now}\nthe job's last lines:\n{tail}\nRay Train's controller:\n{decisions}"
+
     try:
 
         def training() -> dict[str, Any] | None:
@@ -132,7 +162,7 @@ def test_local_cluster_scales_falls_back_to_on_demand_and_goes_down_clean(
             runs = [r for r in now["runs"] if r["run"] == "local-t" and r["state"] == "running"]
             return now if runs and runs[0]["step"] >= 1 and runs[0]["workers"] == 2 else None
 
-        during = wait_for("the job to train on 2 on-demand workers", training, timeout=240)
+        during = wait_for("the job to train on 2 on-demand workers", training, timeout=240, context=seen)
         workers = [n for n in during["nodes"] if n["node_type"] != "head"]
         assert [n["node_type"] for n in workers] == ["p3_8xlarge_on_demand"] * 2
         assert all(n["market"] == "on-demand" and n["usd_per_hour"] > 0 for n in workers)
@@ -145,6 +175,11 @@ def test_local_cluster_scales_falls_back_to_on_demand_and_goes_down_clean(
         # socket: torch's TCPStore in rank 0 listens on every interface, with no setting.
         open_ = beyond_loopback(ours)
         assert len(open_) <= 1 and all(o.startswith("ray::RayTrainWorker") for o in open_), open_
+
+        # Spot capacity is back: the job checkpoints and moves to spot nodes, while the
+        # checks below read the cluster (the run must still be training when it moves).
+        back = run_spotray(["up", "--local", str(path), "--spot-capacity", "2"], cwd=tmp_path)
+        assert back.returncode == 0, back.stderr
 
         # The same as a person reads it.
         shown = run_spotray(["status"], cwd=tmp_path).stdout
@@ -160,20 +195,19 @@ def test_local_cluster_scales_falls_back_to_on_demand_and_goes_down_clean(
         assert gauge(text, "spotray_cluster_usd_per_hour", cluster=cluster.name) > 0
         assert gauge(text, "spotray_goodput", run="local-t") is not None
 
-        # Spot capacity is back: the job checkpoints and moves to spot nodes.
-        back = run_spotray(["up", "--local", str(path), "--spot-capacity", "2"], cwd=tmp_path)
-        assert back.returncode == 0, back.stderr
-
-        def on_spot() -> dict[str, Any] | None:
+        def moved_or_ended() -> dict[str, Any] | None:
             now = status(tmp_path, path)
-            runs = [r for r in now["runs"] if r["run"] == "local-t"]
+            [run] = [r for r in now["runs"] if r["run"] == "local-t"]
             spot = [n for n in now["nodes"] if n["market"] == "spot"]
-            return now if runs and runs[0]["restarts"] == 1 and len(spot) == 2 else None
+            return now if run["state"] != "running" or (run["restarts"] and len(spot) >= 2) else None
 
-        moved = wait_for("the job to move back to spot", on_spot, timeout=180)
-        assert moved["runs"][0]["state"] == "running", "the run ended on demand: STEPS is too few"
+        moved = wait_for("the job to move back to spot", moved_or_ended, timeout=180, context=seen)
+        [run] = moved["runs"]
+        assert run["state"] == "running", f"the run ended on demand: STEPS is too few\n{seen()}"
+        assert run["restarts"] == 1, seen()
 
-        out, _ = job.communicate(timeout=300)
+        job.wait(timeout=300)
+        out = log.read_text()
         assert job.returncode == 0, out
         assert re.search(rf"done.*local-t at step {STEPS}", out)
     finally:
