@@ -150,11 +150,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     snapshot_wait = 0.0  # the training thread's waits for snapshots since the last checkpoint
     plan = preemption.PreemptionPlan()
     born = preload.joined_at(psutil.Process().create_time())  # the restart began about then
-    # Requests from before this worker process are covered by the restore. One made while it
-    # started is not: a growth is weighed as soon as Ray Train reports the group started,
-    # before this loop runs (measured: a request 40 ms after the start, ignored, cost the
-    # growth the policy's 60 s wait and the steps since the last periodic checkpoint).
-    request_seen = born
+    # Requests from before the checkpoint resumed from were answered by it, and those from
+    # before this worker process were the group before's. One made while it started is not:
+    # a growth is weighed as soon as Ray Train reports the group started, before this loop
+    # runs (measured: a request 40 ms after the start, ignored, cost the growth the policy's
+    # 60 s wait and the steps since the last periodic checkpoint). A warm spare can be older
+    # than the request its own resume answered (without the first rule a move back to spot
+    # wrote its checkpoint twice).
+    request_seen = max(born, ((resume and resume.meta) or {}).get("unix_time", 0.0))
     answering: float | None = None  # a request that the next checkpoint answers (rank 0)
     attempt_start = time.perf_counter()
     elapsed_base = progress.elapsed_s

@@ -210,6 +210,12 @@ def test_local_cluster_scales_falls_back_to_on_demand_and_goes_down_clean(
         out = log.read_text()
         assert job.returncode == 0, out
         assert re.search(rf"done.*local-t at step {STEPS}", out)
+        # The checkpoint the move asked for was written once: the group on spot resumed from
+        # it and went on to the periodic ones (`interval` steps apart) and the last.
+        moved_at = int(re.search(r"restart 1: from step (\d+)", out).group(1))
+        folders = (tmp_path / "runs" / "local-t").glob("checkpoint_[0-9]*")
+        written = sorted(int(c.name.split("_")[1]) for c in folders)
+        assert [c for c in written if c > moved_at] == [*range(moved_at + 200, STEPS, 200), STEPS], written
     finally:
         if job.poll() is None:
             job.kill()
