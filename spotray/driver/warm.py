@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spotray.config import ScalingSection
+from spotray.ray_compat.node import staying
 from spotray.runtime import messages as msg
 
 logger = logging.getLogger("spotray.driver")
@@ -66,11 +67,8 @@ class WarmSpares:
         """Bring every live node that is not draining to as many spares as it can host workers."""
         assert self.runtime_env is not None
         self.last_top_up = time.monotonic()
-        draining = self.draining()
-        for node in self.nodes():
+        for node in staying(self.nodes(), self.draining()):
             node_id = node["NodeID"]
-            if not node.get("Alive") or node_id in draining:
-                continue
             missing = self.scaling.slots(node.get("Resources", {})) - self.spares.get(node_id, 0)
             if missing <= 0:
                 continue

@@ -95,6 +95,18 @@ def draining_node_ids() -> set[str]:
     return set(ray._private.state.state.get_draining_nodes())
 
 
+def staying(table: list[dict[str, Any]], draining: set[str]) -> list[dict[str, Any]]:
+    """The nodes of a `ray.nodes()` table that new workers can go to: alive, not draining."""
+    return [n for n in table if n.get("Alive") and n["NodeID"] not in draining]
+
+
+def staying_nodes() -> list[dict[str, Any]]:
+    """`staying` on the cluster as it is now, from a process connected to Ray."""
+    import ray
+
+    return staying(ray.nodes(), draining_node_ids())
+
+
 def node_death_reasons() -> dict[str, int]:
     """`ray.core.generated.common_pb2.NodeDeathInfo.Reason` by name (EXPECTED_TERMINATION,
     AUTOSCALER_DRAIN_PREEMPTED, ...): the codes in the GCS's node table."""

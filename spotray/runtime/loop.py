@@ -457,11 +457,9 @@ def _rank0_says(vote: bool, device: Any, distributed: bool) -> bool:
 def _room_without_draining(world: int, scaling: Any) -> bool:
     """Whether the live nodes that are not draining can host `world` workers, by their total
     resources (the group's own share comes free as it ends)."""
-    from spotray.ray_compat.node import draining_node_ids
+    from spotray.ray_compat.node import staying_nodes
 
-    draining = draining_node_ids()
-    staying = [n for n in ray.nodes() if n["Alive"] and n["NodeID"] not in draining]
-    return sum(scaling.slots(n["Resources"]) for n in staying) >= world
+    return sum(scaling.slots(n["Resources"]) for n in staying_nodes()) >= world
 
 
 def _hand_over(
