@@ -1,11 +1,12 @@
 """The per-worker training loop that Ray Train runs on every rank, for any workload.
 
-Read it top to bottom: set-up (workload, model, FSDP shards or a DDP replica, optimizer,
-schedule), resume, then per step: the rank's slice of the global batch in micro-batches
-(gradients sync on the last), one
+`Worker` reads top to bottom: set-up (workload, model, FSDP shards or a DDP replica,
+optimizer, schedule), resume, then `train`, whose loop names each part of a step: the
+rank's slice of the global batch in micro-batches (gradients sync on the last), one
 all-reduce of a few scalars that carries the global loss and every decision that must be
 unanimous (checkpoint due, poll for notices, last checkpoint before a deadline, a request),
-the update, the checkpoint decision, and the hold before a preempted node goes.
+the update, the checkpoint decision, the progress line, and the hold before a preempted
+node goes.
 
 Checkpoints are snapshotted to CPU memory on the training thread, written to local staging
 in the background, and handed to `ray.train.report(..., ASYNC)` at the first step where
@@ -84,113 +85,338 @@ class LoopArgs:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train's training function: set up, resume, train to the stop step (module doc)."""
     entered = time.time()
     pin_threads()
-    args: LoopArgs = loop_config["args"]
-    cfg = JobConfig.model_validate(args.config)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    nodes = max(1, world // max(1, ctx.get_local_world_size()))
-    device = ray.train.torch.get_device()
-    distributed = dist.is_available() and dist.is_initialized()
-    opt_cfg = cfg.optimizer
-    batch = opt_cfg.global_batch_size
+    Worker(loop_config["args"], entered).train()
 
-    # Set-up: the workload as the driver checked it, the model from the config's seed,
-    # sharded before the optimizer is built so that its state is sharded too.
-    if os.path.isdir(args.launch_dir):  # relative paths in workload.args mean what they did there
-        os.chdir(args.launch_dir)
-    export_s3_env(cfg.s3)
-    workload = load(cfg.workload.entrypoint, cfg.workload.args, args.launch_dir)
-    fsdp = cfg.scaling.strategy == "fsdp"
-    bf16 = uses_bf16(device, cfg.runtime.precision)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = workload.build_model()
-    if fsdp:
-        strategy.shard(model, workload, bf16, device)
-    else:
-        model = model.to(device)
-    fused = device.type == "cuda" and not fsdp  # fused AdamW over DTensors is left to FSDP users
-    optimizer = workload.build_optimizer(model.parameters()) or default_optimizer(model, opt_cfg, fused)
-    scheduler = schedule(optimizer, opt_cfg)
-    trainee = Trainee(model, optimizer, scheduler, workload)
-    # DCP's collectives get a gloo group of their own: they run on the writer's thread.
-    group = dist.new_group(backend="gloo") if distributed else None
-    staging = staging_dir(args.run, rank)
 
-    # Resume: the newest complete checkpoint in storage, or a fresh start.
-    decision = choose_checkpoint(args.run, rank)
-    progress = restore(
-        decision,
-        model,
-        optimizer,
-        scheduler,
-        workload,
-        cfg.seed,
-        world,
-        rank,
-        device,
-        group,
-        cache=staging.with_name(f"restore-rank{rank}"),
-    )
-    resume = decision.checkpoint
+@dataclass(frozen=True)
+class Agreed:
+    """What one step's all-reduce settled, the same on every rank."""
 
-    wrapped = strategy.wrap(model, cfg.scaling.strategy)
-    if cfg.runtime.compile:  # parameters stay `model`'s: checkpoints are the same either way
-        wrapped = torch.compile(wrapped)
-    warming = cfg.runtime.compile  # this start's first step compiles
-    amp = autocast(device, bf16 and not fsdp)  # FSDP's mixed-precision policy casts instead
-    order = GlobalOrder(workload.num_samples(), batch, cfg.seed)
-    tokens = workload.tokens_per_sample()
-    writer = ckpt.CheckpointWriter(staging, rank, group)
-    policy = policy_for(cfg.checkpoint.interval, cfg.checkpoint.prior_mtbf_hours)
-    failures, exposure_s = _failures(args.hub)
-    next_due = progress.step + policy.next_interval(None)
-    step_s, last_stall, last_commit, last_push, last_poll = 0.0, 0.0, 0.0, 0.0, 0.0
-    snapshot_wait = 0.0  # the training thread's waits for snapshots since the last checkpoint
-    plan = preemption.PreemptionPlan()
-    born = preload.joined_at(psutil.Process().create_time())  # the restart began about then
-    # Requests from before the checkpoint resumed from were answered by it, and those from
-    # before this worker process were the group before's. One made while it started is not:
-    # a growth is weighed as soon as Ray Train reports the group started, before this loop
-    # runs (measured: a request 40 ms after the start, ignored, cost the growth the policy's
-    # 60 s wait and the steps since the last periodic checkpoint). A warm spare can be older
-    # than the request its own resume answered (without the first rule a move back to spot
-    # wrote its checkpoint twice).
-    request_seen = max(born, ((resume and resume.meta) or {}).get("unix_time", 0.0))
-    answering: float | None = None  # a request that the next checkpoint answers (rank 0)
-    attempt_start = time.perf_counter()
-    elapsed_base = progress.elapsed_s
-    restart_s: float | None = None  # from `born` to this start's first step
-    evaluation: dict[str, float] = {}
+    loss: float  # the global batch's mean loss
+    all_ready: bool  # every rank's checkpoint write (if any) is finished
+    due: bool  # the periodic checkpoint, or the last step
+    urgent: bool  # a checkpoint now: the last before a deadline, a request, a notice
 
-    def tell(event: msg.Event) -> None:
-        if rank == 0 and args.hub is not None:
-            args.hub.push.remote(event)
 
-    placement, spares = worker_nodes(group)  # a collective: before the rank-0 test in `tell`
-    tell(
-        msg.Started(
-            step=progress.step,
-            world_size=world,
-            nodes=nodes,
-            resumed_from=resume.location.uri if resume else None,
-            recovered_unregistered=resume is not None and not decision.registered,
-            removed=list(decision.removed),
-            skipped=list(decision.skipped),
-            pid=os.getpid(),
-            born=born,
-            entered=entered,
-            worker_nodes=placement,
-            runtime_env=current_runtime_env(),
-            warm=spares,
+class Worker:
+    """One rank of one worker group, from set-up to its last step. The fields are what the
+    steps share; each method is one part of a step, in the order `train` runs them."""
+
+    def __init__(self, args: LoopArgs, entered: float) -> None:
+        self.args = args
+        self.entered = entered
+        self.cfg = cfg = JobConfig.model_validate(args.config)
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.nodes = max(1, self.world // max(1, ctx.get_local_world_size()))
+        self.device = ray.train.torch.get_device()
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.batch = cfg.optimizer.global_batch_size
+        self._set_up()
+        self._resume()
+        self._prepare_steps()
+
+    def _set_up(self) -> None:
+        """The workload as the driver checked it, the model from the config's seed, sharded
+        before the optimizer is built so that its state is sharded too."""
+        cfg, args = self.cfg, self.args
+        if os.path.isdir(args.launch_dir):  # relative paths in workload.args mean what they did there
+            os.chdir(args.launch_dir)
+        export_s3_env(cfg.s3)
+        self.workload = load(cfg.workload.entrypoint, cfg.workload.args, args.launch_dir)
+        self.fsdp = cfg.scaling.strategy == "fsdp"
+        self.bf16 = uses_bf16(self.device, cfg.runtime.precision)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.model = self.workload.build_model()
+        if self.fsdp:
+            strategy.shard(self.model, self.workload, self.bf16, self.device)
+        else:
+            self.model = self.model.to(self.device)
+        fused = (
+            self.device.type == "cuda" and not self.fsdp
+        )  # fused AdamW over DTensors is left to FSDP users
+        self.optimizer = self.workload.build_optimizer(self.model.parameters()) or default_optimizer(
+            self.model, cfg.optimizer, fused
         )
-    )
+        self.scheduler = schedule(self.optimizer, cfg.optimizer)
+        self.trainee = Trainee(self.model, self.optimizer, self.scheduler, self.workload)
+        # DCP's collectives get a gloo group of their own: they run on the writer's thread.
+        self.group = dist.new_group(backend="gloo") if self.distributed else None
+        self.staging = staging_dir(args.run, self.rank)
 
-    def commit(pending: ckpt.PendingCheckpoint) -> None:
-        nonlocal last_commit
-        if pending.folder.name in decision.ray_lists:  # see Resume.ray_lists: upload it here
-            ckpt.upload(pending.folder, args.run.join(pending.folder.name))
+    def _resume(self) -> None:
+        """The newest complete checkpoint in storage, or a fresh start."""
+        self.decision = choose_checkpoint(self.args.run, self.rank)
+        self.progress = restore(
+            self.decision,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.workload,
+            self.cfg.seed,
+            self.world,
+            self.rank,
+            self.device,
+            self.group,
+            cache=self.staging.with_name(f"restore-rank{self.rank}"),
+        )
+        self.resume = self.decision.checkpoint
+
+    def _prepare_steps(self) -> None:
+        """The model as the steps run it, the batch order, the checkpoint writer and interval,
+        and the counters the steps keep."""
+        cfg, args = self.cfg, self.args
+        self.wrapped = strategy.wrap(self.model, cfg.scaling.strategy)
+        if cfg.runtime.compile:  # parameters stay `model`'s: checkpoints are the same either way
+            self.wrapped = torch.compile(self.wrapped)
+        self.warming = cfg.runtime.compile  # this start's first step compiles
+        self.amp = autocast(self.device, self.bf16 and not self.fsdp)  # FSDP's policy casts instead
+        self.order = GlobalOrder(self.workload.num_samples(), self.batch, cfg.seed)
+        self.tokens = self.workload.tokens_per_sample()
+        self.writer = ckpt.CheckpointWriter(self.staging, self.rank, self.group)
+        self.policy = policy_for(cfg.checkpoint.interval, cfg.checkpoint.prior_mtbf_hours)
+        self.failures, self.exposure_s = _failures(args.hub)
+        self.next_due = self.progress.step + self.policy.next_interval(None)
+        self.step_s = 0.0  # seconds a step lately (a moving average)
+        self.last_stall, self.last_commit, self.last_push, self.last_poll = 0.0, 0.0, 0.0, 0.0
+        self.snapshot_wait = 0.0  # the training thread's waits for snapshots since the last checkpoint
+        self.plan = preemption.PreemptionPlan()
+        self.born = preload.joined_at(psutil.Process().create_time())  # the restart began about then
+        # Requests from before the checkpoint resumed from were answered by it, and those from
+        # before this worker process were the group before's. One made while it started is
+        # not: a growth is weighed as soon as Ray Train reports the group started, before this
+        # loop runs (measured: a request 40 ms after the start, ignored, cost the growth the
+        # policy's 60 s wait and the steps since the last periodic checkpoint). A warm spare
+        # can be older than the request its own resume answered (without the first rule a
+        # move back to spot wrote its checkpoint twice).
+        taken = ((self.resume and self.resume.meta) or {}).get("unix_time", 0.0)
+        self.request_seen = max(self.born, taken)
+        self.answering: float | None = None  # a request that the next checkpoint answers (rank 0)
+        self.attempt_start = time.perf_counter()
+        self.elapsed_base = self.progress.elapsed_s
+        self.restart_s: float | None = None  # from `born` to this start's first step
+        self.evaluation: dict[str, float] = {}
+        # A bigger model's pace: S s a step on the job's full size, and, as the global batch
+        # is fixed, S * full / world on fewer workers.
+        slow = float(os.environ.get(ckpt.SLOW_STEP_ENV) or 0)
+        self.slow_step_s = slow * cfg.scaling.max_workers / self.world
+
+    def tell(self, event: msg.Event) -> None:
+        """An event for the driver's progress hub (rank 0 speaks for the group)."""
+        if self.rank == 0 and self.args.hub is not None:
+            self.args.hub.push.remote(event)
+
+    def train(self) -> None:
+        """Announce the start, then train step by step to the stop step."""
+        self._started()
+        while self.progress.step < self.args.stop_step:
+            t0 = time.perf_counter()
+            step = self.progress.step + 1
+            agreed = self._agree(step, self._gradients(step))
+            if not self._update(step, agreed.loss):
+                return
+            dt = self._timed(step, agreed.loss, t0)
+            self._checkpoint(step, agreed)
+            self._push(step, agreed.loss, dt)
+            self._hold_if_leaving(step)
+        if self.writer.pending is not None:
+            self.commit(self.writer.wait())
+
+    def _started(self) -> None:
+        """Tell the driver where the group runs, what it resumed from and which ranks took
+        a warm spare."""
+        placement, spares = worker_nodes(self.group)  # a collective: before the rank-0 test in `tell`
+        resume, decision = self.resume, self.decision
+        self.tell(
+            msg.Started(
+                step=self.progress.step,
+                world_size=self.world,
+                nodes=self.nodes,
+                resumed_from=resume.location.uri if resume else None,
+                recovered_unregistered=resume is not None and not decision.registered,
+                removed=list(decision.removed),
+                skipped=list(decision.skipped),
+                pid=os.getpid(),
+                born=self.born,
+                entered=self.entered,
+                worker_nodes=placement,
+                runtime_env=current_runtime_env(),
+                warm=spares,
+            )
+        )
+
+    def _gradients(self, step: int) -> torch.Tensor:
+        """The step's gradients: this rank's slice of the global batch, in micro-batches.
+        Returns the slice's summed loss."""
+        self.wrapped.train()
+        micro = micro_batches(
+            self.order,
+            step,
+            self.rank,
+            self.world,
+            self.cfg.optimizer.micro_batch_size,
+            self.workload.sample,
+            self.workload.collate,
+        )
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i, (size, part) in enumerate(micro):
+            part = to_device(part, self.device)
+            with strategy.gradient_sync(self.wrapped, sync=i == len(micro) - 1):
+                with self.amp:
+                    loss = self.workload.loss(self.wrapped, part)
+                # Scaled so that the mean over ranks is the mean over the global batch,
+                # whatever the world size and however unevenly the batch divides.
+                (loss * (size * self.world / self.batch)).backward()
+            loss_sum += loss.detach().double() * size
+        return loss_sum
+
+    def _agree(self, step: int, loss_sum: torch.Tensor) -> Agreed:
+        """One all-reduce carries the loss and every decision that must be unanimous; rank 0
+        votes on timing so that all ranks act at the same step."""
+        rank, now = self.rank, time.time()
+        vote_poll = rank == 0 and preemption.poll_due(now - self.last_poll, self.step_s)
+        request = _checkpoint_request() if vote_poll else None
+        requested = request is not None and request.time > self.request_seen
+        if requested:  # a rebalance hint, a growth or a move back to spot: checkpoint now
+            self.request_seen = now
+            self.answering = request.time
+        vote_due = rank == 0 and (step >= self.next_due or step == self.args.stop_step)
+        vote_final = rank == 0 and self.plan.wants_final(now * 1000, self.step_s, self.last_commit)
+        if vote_poll:
+            self.last_poll = now
+        ready = float(self.writer.pending is None or self.writer.pending.done())
+        stats = torch.tensor(
+            [0.0, ready, vote_due, vote_poll, vote_final, requested], dtype=torch.float64, device=self.device
+        )
+        stats[0] = loss_sum
+        if self.distributed:
+            dist.all_reduce(stats)
+        poll, final, asked = stats[3].item() > 0, stats[4].item() > 0, stats[5].item() > 0
+        # A requested checkpoint is handed over at once: the move that asked for it (a
+        # growth, a move back to spot) waits on it, and every step after it is redone.
+        urgent = final or asked
+        if poll:
+            info = ray.train.get_preemption_info()  # a collective: every rank asks at this step
+            if self.plan.notice(info):
+                urgent = True
+                pending = self.writer.pending
+                self.tell(
+                    msg.Noticed(
+                        step=step,
+                        deadline_ms=self.plan.deadline_ms,
+                        nodes=sorted(info.preempted_node_to_ranks),
+                        writing=pending is not None and not pending.done(),
+                    )
+                )
+        if final:
+            self.plan.final_saved = True
+        return Agreed(
+            loss=stats[0].item() / self.batch,
+            all_ready=stats[1].item() == self.world,
+            due=stats[2].item() > 0,
+            urgent=urgent,
+        )
+
+    def _update(self, step: int, loss: float) -> bool:
+        """The update, unless the step went wrong: then nothing of it is saved, and False
+        ends the run."""
+        grad_clip = self.cfg.optimizer.grad_clip
+        norm = (
+            strategy.total_norm(torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), grad_clip))
+            if grad_clip > 0
+            else None
+        )
+        if not math.isfinite(loss) or (norm is not None and not torch.isfinite(norm)):
+            if self.writer.pending is not None:
+                self.commit(self.writer.wait())
+            # Every rank sees the same all-reduced loss and synchronized gradients: all stop
+            # here, and the run ends cleanly (a retry would only meet the same number again).
+            what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {float(norm)}"
+            self.tell(msg.Stopped(step=step, reason=f"{what} at step {step}"))
+            return False
+        self.snapshot_wait += self.writer.wait_snapshot()  # the checkpoint being written reads the weights
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def _timed(self, step: int, loss: float, t0: float) -> float:
+        """The step's pace and the progress it made; returns its seconds."""
+        if self.slow_step_s:
+            time.sleep(max(0.0, self.slow_step_s - (time.perf_counter() - t0)))
+        dt = time.perf_counter() - t0
+        if self.warming:  # the compile's time is reported apart, not taken for the step's pace
+            self.warming = False
+            self.tell(msg.WarmedUp(step=step, seconds=dt))
+        else:
+            self.step_s = dt if self.step_s == 0 else 0.9 * self.step_s + 0.1 * dt
+        if self.restart_s is None:
+            self.restart_s = time.time() - self.born
+        self.progress = Progress(
+            step=step,
+            samples=self.progress.samples + self.batch,
+            elapsed_s=self.elapsed_base + time.perf_counter() - self.attempt_start,
+            loss=loss,
+        )
+        return dt
+
+    def _checkpoint(self, step: int, agreed: Agreed) -> None:
+        """Commit a finished write; start one when due or urgent."""
+        writer, due, urgent = self.writer, agreed.due, agreed.urgent
+        if writer.pending is not None and (agreed.all_ready or due or urgent):
+            self.commit(writer.wait())
+        if not (due or urgent):
+            return
+        if due and not urgent and (self.rank == 0 or self.fsdp):  # FSDP's forward takes every rank
+            self.evaluation = _evaluate(self.workload, self.model)
+        report = msg.CheckpointReport(
+            step=step,
+            loss=agreed.loss,
+            samples=self.progress.samples,
+            step_s=self.step_s,
+            world_size=self.world,
+            steps_left=self.args.stop_step - step,
+            restart_s=self.restart_s,
+            answers_request=self.answering,
+        )
+        self.last_stall = self.snapshot_wait + _start_checkpoint(
+            writer, self.trainee, self.progress, self.cfg, self.world, self.rank, report, self.evaluation
+        )
+        self.snapshot_wait = 0.0
+        self.answering = None
+        if urgent:  # a node is going, or a move waits: write and hand it over now
+            self.commit(writer.wait())
+            self._last_before_leaving()
+        obs = Observation(
+            step_s=self.step_s,
+            stall_s=self.last_stall,
+            commit_s=self.last_commit,
+            failures=self.failures,
+            node_seconds=self.exposure_s + self.nodes * (time.perf_counter() - self.attempt_start),
+            nodes=self.nodes,
+        )
+        self.next_due = step + self.policy.next_interval(obs)
+
+    def _last_before_leaving(self) -> None:
+        """After an urgent checkpoint under a notice: when it was written only after the
+        final one came due (a short lead, slow storage) and the group can restart without
+        the node, it is the last; hold and hand over now. Without room one more step is a
+        gain."""
+        plan = self.plan
+        if not (plan.noticed and not plan.final_saved and self.args.hand_over):
+            return
+        late = plan.wants_final(time.time() * 1000, self.step_s, self.last_commit)
+        room = self.rank == 0 and late and _room_without_draining(self.world, self.cfg.scaling)
+        plan.final_saved = _rank0_says(room, self.device, self.distributed)
+
+    def commit(self, pending: ckpt.PendingCheckpoint) -> None:
+        """Hand a written checkpoint to Ray Train (its ASYNC upload) and tell the driver."""
+        run = self.args.run
+        if pending.folder.name in self.decision.ray_lists:  # see Resume.ray_lists: upload it here
+            ckpt.upload(pending.folder, run.join(pending.folder.name))
             ray.train.report(pending.metrics)
         else:
             ray.train.report(
@@ -199,186 +425,46 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 checkpoint_dir_name=pending.folder.name,
                 checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
             )
-        last_commit = pending.write_s
-        tell(
+        self.last_commit = pending.write_s
+        self.tell(
             msg.Checkpointed(
                 step=pending.step,
-                path=args.run.join(pending.folder.name).uri,
+                path=run.join(pending.folder.name).uri,
                 stall_s=pending.stall_s,
                 write_s=pending.write_s,
                 evaluation=pending.evaluation,
             )
         )
 
-    # A bigger model's pace: S s a step on the job's full size, and, as the global batch is
-    # fixed, S * full / world on fewer workers.
-    slow_step_s = float(os.environ.get(ckpt.SLOW_STEP_ENV) or 0) * cfg.scaling.max_workers / world
-    while progress.step < args.stop_step:
-        t0 = time.perf_counter()
-        step = progress.step + 1
-
-        # The step's gradients: this rank's slice of the global batch, in micro-batches.
-        wrapped.train()
-        micro = micro_batches(
-            order, step, rank, world, opt_cfg.micro_batch_size, workload.sample, workload.collate
-        )
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for i, (size, part) in enumerate(micro):
-            part = to_device(part, device)
-            with strategy.gradient_sync(wrapped, sync=i == len(micro) - 1):
-                with amp:
-                    loss = workload.loss(wrapped, part)
-                # Scaled so that the mean over ranks is the mean over the global batch,
-                # whatever the world size and however unevenly the batch divides.
-                (loss * (size * world / batch)).backward()
-            loss_sum += loss.detach().double() * size
-
-        # One all-reduce carries the loss and every decision that must be unanimous; rank 0
-        # votes on timing so that all ranks act at the same step.
-        now = time.time()
-        vote_poll = rank == 0 and preemption.poll_due(now - last_poll, step_s)
-        request = _checkpoint_request() if vote_poll else None
-        requested = request is not None and request.time > request_seen
-        if requested:  # a rebalance hint, a growth or a move back to spot: checkpoint now
-            request_seen = now
-            answering = request.time
-        vote_due = rank == 0 and (step >= next_due or step == args.stop_step)
-        vote_final = rank == 0 and plan.wants_final(now * 1000, step_s, last_commit)
-        if vote_poll:
-            last_poll = now
-        ready = float(writer.pending is None or writer.pending.done())
-        stats = torch.tensor(
-            [0.0, ready, vote_due, vote_poll, vote_final, requested], dtype=torch.float64, device=device
-        )
-        stats[0] = loss_sum
-        if distributed:
-            dist.all_reduce(stats)
-        loss_value = stats[0].item() / batch
-        all_ready, due, poll, final, asked = (
-            stats[1].item() == world,
-            stats[2].item() > 0,
-            stats[3].item() > 0,
-            stats[4].item() > 0,
-            stats[5].item() > 0,
-        )
-        # A requested checkpoint is handed over at once: the move that asked for it (a
-        # growth, a move back to spot) waits on it, and every step after it is redone.
-        urgent = final or asked
-        if poll:
-            info = ray.train.get_preemption_info()  # a collective: every rank asks at this step
-            if plan.notice(info):
-                urgent = True
-                tell(
-                    msg.Noticed(
-                        step=step,
-                        deadline_ms=plan.deadline_ms,
-                        nodes=sorted(info.preempted_node_to_ranks),
-                        writing=writer.pending is not None and not writer.pending.done(),
-                    )
-                )
-        if final:
-            plan.final_saved = True
-
-        # The update, unless the step went wrong: then nothing of it is saved.
-        norm = (
-            strategy.total_norm(torch.nn.utils.clip_grad_norm_(wrapped.parameters(), opt_cfg.grad_clip))
-            if opt_cfg.grad_clip > 0
-            else None
-        )
-        if not math.isfinite(loss_value) or (norm is not None and not torch.isfinite(norm)):
-            if writer.pending is not None:
-                commit(writer.wait())
-            # Every rank sees the same all-reduced loss and synchronized gradients: all stop
-            # here, and the run ends cleanly (a retry would only meet the same number again).
-            what = f"loss {loss_value}" if not math.isfinite(loss_value) else f"gradient norm {float(norm)}"
-            tell(msg.Stopped(step=step, reason=f"{what} at step {step}"))
+    def _push(self, step: int, loss: float, dt: float) -> None:
+        """The driver's progress line, every `progress_every_s` and at the last step."""
+        now = time.perf_counter()
+        if self.rank != 0 or (
+            now - self.last_push < self.args.progress_every_s and step != self.args.stop_step
+        ):
             return
-        snapshot_wait += writer.wait_snapshot()  # the checkpoint being written reads the weights
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if slow_step_s:
-            time.sleep(max(0.0, slow_step_s - (time.perf_counter() - t0)))
-
-        dt = time.perf_counter() - t0
-        if warming:  # the compile's time is reported apart, not taken for the step's pace
-            warming = False
-            tell(msg.WarmedUp(step=step, seconds=dt))
-        else:
-            step_s = dt if step_s == 0 else 0.9 * step_s + 0.1 * dt
-        if restart_s is None:
-            restart_s = time.time() - born
-        progress = Progress(
-            step=step,
-            samples=progress.samples + batch,
-            elapsed_s=elapsed_base + time.perf_counter() - attempt_start,
-            loss=loss_value,
+        self.last_push = now
+        self.tell(
+            msg.Stepped(
+                step=step,
+                loss=loss,
+                world_size=self.world,
+                samples_per_s=self.batch / dt,
+                tokens_per_s=self.batch * self.tokens / dt if self.tokens else None,
+                lr=self.optimizer.param_groups[0]["lr"],
+            )
         )
 
-        # The checkpoint decision: commit a finished write; start one when due or urgent.
-        if writer.pending is not None and (all_ready or due or urgent):
-            commit(writer.wait())
-        if due or urgent:
-            if due and not urgent and (rank == 0 or fsdp):  # FSDP's forward takes every rank
-                evaluation = _evaluate(workload, model)
-            report = msg.CheckpointReport(
-                step=step,
-                loss=loss_value,
-                samples=progress.samples,
-                step_s=step_s,
-                world_size=world,
-                steps_left=args.stop_step - step,
-                restart_s=restart_s,
-                answers_request=answering,
-            )
-            last_stall = snapshot_wait + _start_checkpoint(
-                writer, trainee, progress, cfg, world, rank, report, evaluation
-            )
-            snapshot_wait = 0.0
-            answering = None
-            if urgent:  # a node is going, or a move waits: write and hand it over now
-                commit(writer.wait())
-                if plan.noticed and not plan.final_saved and args.hand_over:
-                    # Written only after the final checkpoint came due (a short lead, slow
-                    # storage), and the group can restart without the node: this one is the
-                    # last; hold and hand over now. Without room one more step is a gain.
-                    late = plan.wants_final(time.time() * 1000, step_s, last_commit)
-                    plan.final_saved = _rank0_says(
-                        rank == 0 and late and _room_without_draining(world, cfg.scaling), device, distributed
-                    )
-            obs = Observation(
-                step_s=step_s,
-                stall_s=last_stall,
-                commit_s=last_commit,
-                failures=failures,
-                node_seconds=exposure_s + nodes * (time.perf_counter() - attempt_start),
-                nodes=nodes,
-            )
-            next_due = step + policy.next_interval(obs)
-
-        if rank == 0 and (time.perf_counter() - last_push >= args.progress_every_s or step == args.stop_step):
-            last_push = time.perf_counter()
-            tell(
-                msg.Stepped(
-                    step=step,
-                    loss=loss_value,
-                    world_size=world,
-                    samples_per_s=batch / dt,
-                    tokens_per_s=batch * tokens / dt if tokens else None,
-                    lr=optimizer.param_groups[0]["lr"],
-                )
-            )
-
-        # The hold: the last checkpoint before a deadline is written; take no more steps.
-        hold_until = plan.holding_until_ms()
-        if hold_until is not None:
-            tell(msg.Holding(step=step))
-            if rank == 0 and args.hand_over:
-                _hand_over(plan, args.run, step, world, cfg.scaling, tell)
-            _hold(hold_until, step)
-
-    if writer.pending is not None:
-        commit(writer.wait())
+    def _hold_if_leaving(self, step: int) -> None:
+        """The last checkpoint before a deadline is written: take no more steps; hand the
+        group over (`_hand_over`) where it can restart without the node."""
+        hold_until = self.plan.holding_until_ms()
+        if hold_until is None:
+            return
+        self.tell(msg.Holding(step=step))
+        if self.rank == 0 and self.args.hand_over:
+            _hand_over(self.plan, self.args.run, step, self.world, self.cfg.scaling, self.tell)
+        _hold(hold_until, step)
 
 
 def pin_threads() -> None:
