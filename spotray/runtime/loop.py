@@ -163,7 +163,6 @@ class Worker:
             self.group,
             cache=self.staging.with_name(f"restore-rank{self.rank}"),
         )
-        self.resume = self.decision.checkpoint
 
     def _prepare_steps(self) -> None:
         """The model as the steps run it, the batch order, the checkpoint writer and interval,
@@ -192,7 +191,8 @@ class Worker:
         # policy's 60 s wait and the steps since the last periodic checkpoint). A warm spare
         # can be older than the request its own resume answered (without the first rule a
         # move back to spot wrote its checkpoint twice).
-        taken = ((self.resume and self.resume.meta) or {}).get("unix_time", 0.0)
+        resumed = self.decision.checkpoint
+        taken = ((resumed and resumed.meta) or {}).get("unix_time", 0.0)
         self.request_seen = max(self.born, taken)
         self.answering: float | None = None  # a request that the next checkpoint answers (rank 0)
         self.attempt_start = time.perf_counter()
@@ -229,7 +229,8 @@ class Worker:
         """Tell the driver where the group runs, what it resumed from and which ranks took
         a warm spare."""
         placement, spares = worker_nodes(self.group)  # a collective: before the rank-0 test in `tell`
-        resume, decision = self.resume, self.decision
+        decision = self.decision
+        resume = decision.checkpoint
         self.tell(
             msg.Started(
                 step=self.progress.step,
