@@ -192,6 +192,15 @@ class SpotFallbackPolicy(FreshElasticPolicy):
             num_workers=spot, resources_per_worker=self.scaling_config._resources_per_worker_not_none
         )
 
+    def on_controller_start_worker_group(
+        self, *, scaling_config: Any, num_workers: int
+    ) -> dict[str, str] | None:
+        if self._running_on == "on-demand":  # warm nodes are weighed on spot shares
+            return None
+        return super().on_controller_start_worker_group(
+            scaling_config=scaling_config, num_workers=num_workers
+        )
+
     def after_controller_start(self, train_run_context: Any) -> None:
         super().after_controller_start(train_run_context)
         self._on_demand_client = TrainAutoscalingCoordinatorClient(f"{self.requester_id}-on-demand")

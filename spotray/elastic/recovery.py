@@ -61,7 +61,8 @@ import ray
 from ray.train import PreemptionError, PreemptionInfo, UserCallback
 
 from spotray.elastic.growth import PAYBACK_RESTARTS, Pace, growth_pays, saved_s
-from spotray.ray_compat.node import draining_node_ids
+from spotray.elastic.placement import rooms, selector, warm_nodes
+from spotray.ray_compat.node import draining_node_ids, staying_nodes
 from spotray.ray_compat.train import (
     ElasticPolicyBase,
     FailurePolicyBase,
@@ -71,6 +72,7 @@ from spotray.ray_compat.train import (
 )
 from spotray.runtime.messages import CheckpointReport
 from spotray.runtime.preemption import NodeLeaving
+from spotray.runtime.preload import ready_spares
 from spotray.spot.watch import request_checkpoint
 
 # Under ray.train: Ray Train writes these next to its own decisions, in the controller log.
@@ -187,6 +189,28 @@ class FreshElasticPolicy(ElasticPolicyBase):
     def make_decision_for_non_running_worker_group(self) -> ScalingDecision:
         self.forget_group()
         return super().make_decision_for_non_running_worker_group()
+
+    def on_controller_start_worker_group(
+        self, *, scaling_config: Any, num_workers: int
+    ) -> dict[str, str] | None:
+        """Ray Train's hook before it places a new group: onto the nodes whose warm spares are
+        ready, when they can hold it (spotray.elastic.placement)."""
+        try:
+            reserved = self.reserved_resources() or {}
+            room = rooms(reserved, staying_nodes(), self.possible_workers)
+            ready = ready_spares(ray.get_runtime_context().get_job_id())
+        except Exception:  # a preference, not a condition: Ray places the group as it would
+            logger.warning("could not read where warm spares are ready", exc_info=True)
+            return None
+        nodes = warm_nodes(ready, room, num_workers)
+        if nodes is None:
+            return None
+        cold = sorted(set(room) - set(nodes))
+        logger.info(
+            "starting %d workers on nodes %s, whose warm spares are ready (not on %s)",
+            num_workers, _short(nodes), _short(cold),
+        )  # fmt: skip
+        return selector(nodes)
 
     def make_decision_for_running_worker_group(
         self, worker_group_state: Any, worker_group_status: Any
@@ -323,6 +347,10 @@ def alive_spare_nodes(exclude: set[str]) -> dict[str, dict[str, float]]:
         )
 
     return {n["NodeID"]: dict(n["Resources"]) for n in sorted(nodes, key=order)}
+
+
+def _short(nodes: list[str]) -> str:
+    return ", ".join(node[:8] for node in nodes)
 
 
 def _fits(share: dict[str, float], total: dict[str, float]) -> bool:

@@ -78,6 +78,20 @@ def kv_put(key: bytes, value: bytes, namespace: str) -> None:
     internal_kv._internal_kv_put(key, value, overwrite=True, namespace=namespace)
 
 
+def kv_keys(prefix: bytes, namespace: str) -> list[bytes]:
+    """The keys of Ray's internal KV under `prefix` (`_internal_kv_list`)."""
+    from ray.experimental import internal_kv
+
+    return internal_kv._internal_kv_list(prefix, namespace=namespace)
+
+
+def kv_del(key: bytes, namespace: str) -> None:
+    """Remove a key of Ray's internal KV (`_internal_kv_del`)."""
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_del(key, namespace=namespace)
+
+
 def drain_for_preemption(gcs: Any, node_id: str, reason: str, deadline_ms: int) -> tuple[bool, str]:
     """What `ray drain-node --reason=DRAIN_NODE_REASON_PREEMPTION` does, without a
     subprocess: `GcsClient.drain_node` with `ray.core.generated.autoscaler_pb2`'s reason."""

@@ -8,6 +8,9 @@ finds torch, Ray Train, spotray's loop and the workload's module already importe
 process on two cores, more with a big model library. In a worker started cold it is the
 same imports the training function would do first.
 
+A process whose imports are done says so in Ray's KV (`READY_PREFIX`) until an actor takes
+it, so that a restart can go to the nodes whose spares are ready (spotray.elastic.placement).
+
 Nothing here touches a GPU or sizes a thread pool for good: Ray sets a worker's
 CUDA_VISIBLE_DEVICES and OMP_NUM_THREADS only when an actor's first task starts, and the
 training loop pins torch's threads to OMP_NUM_THREADS then (`runtime.loop`).
@@ -20,6 +23,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+
+from spotray.ray_compat.node import kv_del, kv_keys, kv_put
 
 MODULES_ENV = "SPOTRAY_PRELOAD"  # extra modules, comma-separated: the workload's
 
@@ -28,6 +34,7 @@ MODULES = ("spotray.runtime.loop", "torch._dynamo")
 
 logger = logging.getLogger("spotray.runtime")
 
+READY_PREFIX = "warm/"  # warm/<job>/<node>/<pid> in spotray's KV namespace: idle, imports done
 IDLE_S = 0.5  # a process idle longer than this between its imports and its actor was a spare
 
 _ready_at: float | None = None  # the imports done
@@ -52,9 +59,37 @@ def _note_when_taken() -> None:
     global _taken_at
     import ray
 
-    while ray.get_runtime_context().get_actor_id() is None:
+    context = ray.get_runtime_context()
+    key = f"{READY_PREFIX}{context.get_job_id()}/{context.get_node_id()}/{os.getpid()}".encode()
+    said = _say(kv_put, key, str(_ready_at).encode())
+    while context.get_actor_id() is None:
         time.sleep(0.01)
     _taken_at = time.time()
+    if said:
+        _say(kv_del, key)
+
+
+def _say(write: Callable[..., None], key: bytes, *value: bytes) -> bool:
+    """Write the ready mark; a spare that cannot is still a spare, only not preferred."""
+    from spotray.spot.watch import KV_NAMESPACE
+
+    try:
+        write(key, *value, namespace=KV_NAMESPACE)
+    except Exception:
+        logger.warning("could not write this spare's ready mark", exc_info=True)
+        return False
+    return True
+
+
+def ready_spares(job_id: str) -> dict[str, int]:
+    """By node id: the idle processes of Ray job `job_id` (hex) whose imports are done."""
+    from spotray.spot.watch import KV_NAMESPACE
+
+    ready: dict[str, int] = {}
+    for key in kv_keys(f"{READY_PREFIX}{job_id}/".encode(), KV_NAMESPACE):
+        node = key.decode().split("/")[2]
+        ready[node] = ready.get(node, 0) + 1
+    return ready
 
 
 def was_spare() -> bool:
