@@ -35,6 +35,7 @@ from spotray.errors import CheckpointMismatchError, Interrupted, SpotrayError, T
 from spotray.ray_compat.node import keep_on_loopback, quiet_token_setup_log
 from spotray.runtime import checkpoint as ckpt
 from spotray.runtime import messages as msg
+from spotray.runtime.preload import forget_ready_spares
 from spotray.runtime.storage import Location, resolve, run_location
 from spotray.spot.watch import read_notices
 from spotray.workload import ModelFacts, Workload, entrypoint_module
@@ -367,6 +368,9 @@ def train(
                 raise SpotrayError(f"training failed: {_failure_message(err)}") from err
             except SystemExit:  # Ray Train's SIGINT handler aborts the run, then exits
                 pass
+            finally:
+                if spares is not None:
+                    forget_ready_spares(spares.job_id)
         check_finished(cfg, run, state, stop)
         # Where the workers really resumed: they verify checksums, the preflight only sizes.
         resumed = state.resumed_from if state.starts else resumed

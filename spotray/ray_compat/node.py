@@ -85,11 +85,11 @@ def kv_keys(prefix: bytes, namespace: str) -> list[bytes]:
     return internal_kv._internal_kv_list(prefix, namespace=namespace)
 
 
-def kv_del(key: bytes, namespace: str) -> None:
-    """Remove a key of Ray's internal KV (`_internal_kv_del`)."""
+def kv_del(key: bytes, namespace: str, by_prefix: bool = False) -> None:
+    """Remove a key of Ray's internal KV, or every key under it (`_internal_kv_del`)."""
     from ray.experimental import internal_kv
 
-    internal_kv._internal_kv_del(key, namespace=namespace)
+    internal_kv._internal_kv_del(key, del_by_prefix=by_prefix, namespace=namespace)
 
 
 def drain_for_preemption(gcs: Any, node_id: str, reason: str, deadline_ms: int) -> tuple[bool, str]:

@@ -92,6 +92,13 @@ def ready_spares(job_id: str) -> dict[str, int]:
     return ready
 
 
+def forget_ready_spares(job_id: str) -> None:
+    """Remove the marks of job `job_id`'s spares: its run is over, and Ray ends them."""
+    from spotray.spot.watch import KV_NAMESPACE
+
+    kv_del(f"{READY_PREFIX}{job_id}/".encode(), KV_NAMESPACE, by_prefix=True)
+
+
 def was_spare() -> bool:
     """Whether this process waited as a warm spare, imports done, before its actor came. One
     that Ray started for an actor takes it as soon as its imports are done; a spare sits idle."""

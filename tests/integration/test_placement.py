@@ -4,7 +4,8 @@ On a real local Ray cluster of three worker nodes: spares (idle workers with the
 workers' runtime env, which runs `spotray.runtime.preload`) are prestarted on two of them,
 the third has none, as a replacement that joined at a notice. spotray's scaling policy,
 asked by Ray Train's hook where the next group goes, must name the two; a placement group
-with that selector lands there, and the group's actors take the spares.
+with that selector lands there, and the group's actors take the spares. The ready marks
+of spares still idle when the run ends are removed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from spotray.driver.trainer import PRELOAD_HOOK
 from spotray.elastic.recovery import FreshElasticPolicy
 from spotray.ray_compat.node import keep_on_loopback
 from spotray.ray_compat.workers import current_runtime_env, prestart, setup_hook_env
-from spotray.runtime.preload import ready_spares
+from spotray.runtime.preload import forget_ready_spares, ready_spares
 from tests.integration.faults import wait_for
 
 pytestmark = pytest.mark.integration
@@ -59,7 +60,7 @@ def cluster() -> Iterator[list[str]]:
 
 
 def test_the_group_goes_to_the_ready_spares_and_takes_them(cluster: list[str]) -> None:
-    warm = cluster[:2]  # the third node has no spare
+    warm, cold = cluster[:2], cluster[2]  # the third node has no spare yet
     job = ray.get_runtime_context().get_job_id()
     # The workers' runtime env exactly as Ray serializes it, from a process that has it.
     probe = Probe.options(runtime_env=RUNTIME_ENV).remote()
@@ -94,4 +95,9 @@ def test_the_group_goes_to_the_ready_spares_and_takes_them(cluster: list[str]) -
     took = {node for node, spare, _ in seen if spare}
     assert took, seen
     wait_for(lambda: not took & set(ready_spares(job)), timeout=10, what="the taken spares' marks to go")
+    # A spare topped up on the third node is left when the run ends: the driver forgets it.
+    prestart(table[cold], job, runtime_env, 1)
+    wait_for(lambda: cold in ready_spares(job), timeout=120, what="the third node's spare")
+    forget_ready_spares(job)
+    assert ready_spares(job) == {}
     remove_placement_group(pg)
