@@ -70,7 +70,7 @@ def _note_when_taken() -> None:
 
 
 def _say(write: Callable[..., None], key: bytes, *value: bytes) -> bool:
-    """Write the ready mark; a spare that cannot is still a spare, only not preferred."""
+    """Put or remove the ready mark; a spare that cannot is still a spare, only not preferred."""
     from spotray.spot.watch import KV_NAMESPACE
 
     try:
@@ -93,10 +93,14 @@ def ready_spares(job_id: str) -> dict[str, int]:
 
 
 def forget_ready_spares(job_id: str) -> None:
-    """Remove the marks of job `job_id`'s spares: its run is over, and Ray ends them."""
+    """Remove the marks of job `job_id`'s spares: its run is over, and Ray ends them. A
+    cluster that cannot be reached keeps them (a few bytes a node), the run's outcome stands."""
     from spotray.spot.watch import KV_NAMESPACE
 
-    kv_del(f"{READY_PREFIX}{job_id}/".encode(), KV_NAMESPACE, by_prefix=True)
+    try:
+        kv_del(f"{READY_PREFIX}{job_id}/".encode(), KV_NAMESPACE, by_prefix=True)
+    except Exception:
+        logger.warning("could not remove the warm spares' ready marks", exc_info=True)
 
 
 def was_spare() -> bool:

@@ -1,7 +1,7 @@
 """Where a new worker group goes: the nodes with ready warm spares, when they can hold it.
 
 The raylet's side (the group placed by the selector, a spare taken there) is exercised for
-real by `tests/integration/test_chaos.py`; here the choice meets clusters described as
+real by `tests/integration/test_placement.py`; here the choice meets clusters described as
 `ray.nodes()` and the coordinator's reservation describe them.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from spotray.elastic.placement import rooms, selector, warm_nodes
+from spotray.runtime.preload import forget_ready_spares
 
 WORKER = {"CPU": 1.0, "spot": 1.0}
 
@@ -56,3 +57,9 @@ def test_only_nodes_that_stay_and_can_host_a_worker_have_room() -> None:
     room = rooms({"a": WORKER, "c": {"CPU": 2.0, "spot": 2.0}}, table, workers_in)
     assert room == {"b": 1, "c": 2}
     assert warm_nodes({"a": 2, "head": 3, "b": 1}, room, 1) == ["b"]
+
+
+def test_a_run_that_cannot_reach_its_cluster_at_the_end_keeps_the_marks_and_says_so(caplog) -> None:
+    # No Ray here: the driver's last clean-up warns instead of failing a run that is over.
+    forget_ready_spares("01000000")
+    assert "could not remove the warm spares' ready marks" in caplog.text
