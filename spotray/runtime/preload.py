@@ -8,8 +8,9 @@ finds torch, Ray Train, spotray's loop and the workload's module already importe
 process on two cores, more with a big model library. In a worker started cold it is the
 same imports the training function would do first.
 
-A process whose imports are done says so in Ray's KV (`READY_PREFIX`) until an actor takes
-it, so that a restart can go to the nodes whose spares are ready (spotray.elastic.placement).
+A process that waits with its imports done (a spare, not a worker Ray started for an actor
+that is already there) says so in Ray's KV (`READY_PREFIX`) until an actor takes it, so that
+a restart can go to the nodes whose spares are ready (spotray.elastic.placement).
 
 Nothing here touches a GPU or sizes a thread pool for good: Ray sets a worker's
 CUDA_VISIBLE_DEVICES and OMP_NUM_THREADS only when an actor's first task starts, and the
@@ -61,12 +62,14 @@ def _note_when_taken() -> None:
 
     context = ray.get_runtime_context()
     key = f"{READY_PREFIX}{context.get_job_id()}/{context.get_node_id()}/{os.getpid()}".encode()
-    said = _say(kv_put, key, str(_ready_at).encode())
+    tried = said = False
     while context.get_actor_id() is None:
+        if not tried and _ready_at is not None and time.time() - _ready_at > IDLE_S:  # a spare
+            tried, said = True, _say(kv_put, key, str(_ready_at).encode())
         time.sleep(0.01)
-    _taken_at = time.time()
-    if said:
+    if said:  # gone before anyone reads that it was taken
         _say(kv_del, key)
+    _taken_at = time.time()
 
 
 def _say(write: Callable[..., None], key: bytes, *value: bytes) -> bool:
