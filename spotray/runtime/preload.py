@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from spotray.ray_compat.node import kv_del, kv_keys, kv_put
@@ -61,7 +62,7 @@ def _note_when_taken() -> None:
     import ray
 
     context = ray.get_runtime_context()
-    key = f"{READY_PREFIX}{context.get_job_id()}/{context.get_node_id()}/{os.getpid()}".encode()
+    key = _marks(context.get_job_id()) + f"{context.get_node_id()}/{os.getpid()}".encode()
     tried = said = False
     while context.get_actor_id() is None:
         if not tried and _ready_at is not None and time.time() - _ready_at > IDLE_S:  # a spare
@@ -70,6 +71,11 @@ def _note_when_taken() -> None:
     if said:  # gone before anyone reads that it was taken
         _say(kv_del, key)
     _taken_at = time.time()
+
+
+def _marks(job_id: str) -> bytes:
+    """The KV prefix of job `job_id`'s ready marks (READY_PREFIX's layout)."""
+    return f"{READY_PREFIX}{job_id}/".encode()
 
 
 def _say(write: Callable[..., None], key: bytes, *value: bytes) -> bool:
@@ -88,11 +94,7 @@ def ready_spares(job_id: str) -> dict[str, int]:
     """By node id: the idle processes of Ray job `job_id` (hex) whose imports are done."""
     from spotray.spot.watch import KV_NAMESPACE
 
-    ready: dict[str, int] = {}
-    for key in kv_keys(f"{READY_PREFIX}{job_id}/".encode(), KV_NAMESPACE):
-        node = key.decode().split("/")[2]
-        ready[node] = ready.get(node, 0) + 1
-    return ready
+    return dict(Counter(key.decode().split("/")[2] for key in kv_keys(_marks(job_id), KV_NAMESPACE)))
 
 
 def forget_ready_spares(job_id: str) -> None:
@@ -101,7 +103,7 @@ def forget_ready_spares(job_id: str) -> None:
     from spotray.spot.watch import KV_NAMESPACE
 
     try:
-        kv_del(f"{READY_PREFIX}{job_id}/".encode(), KV_NAMESPACE, by_prefix=True)
+        kv_del(_marks(job_id), KV_NAMESPACE, by_prefix=True)
     except Exception:
         logger.warning("could not remove the warm spares' ready marks", exc_info=True)
 
