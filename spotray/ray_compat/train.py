@@ -1,5 +1,5 @@
 """Ray Train 2.60's scaling and failure policies and controller, which its public API does
-not open.
+not open, and the log line its workers write for every error that ends a training function.
 
 Train 2.60 builds its scaling policy from `ScalingConfig` alone. spotray's policies (growth
 from a checkpoint they ask for, draining nodes left out, the on-demand fallback) subclass
@@ -13,9 +13,12 @@ policies in `ScalingConfig` and `FailureConfig`, which Ray Train does not have.
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
+from ray.train.v2._internal import util as train_util
 from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy
 from ray.train.v2._internal.execution.scaling_policy import (
     ElasticScalingPolicy,
@@ -38,6 +41,7 @@ __all__ = [
     "TrainAutoscalingCoordinatorClient",
     "coordinator_of",
     "policy_trainer",
+    "quiet_expected_errors",
 ]
 
 
@@ -106,3 +110,24 @@ def policy_trainer(
             return super()._initialize_and_run_controller(**kwargs)
 
     return PolicyTorchTrainer
+
+
+class _Expected(logging.Filter):
+    def __init__(self, kinds: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.kinds = kinds
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not isinstance(sys.exc_info()[1], self.kinds)  # logged inside the `except`
+
+
+def quiet_expected_errors(*kinds: type[BaseException]) -> None:
+    """Keep Ray Train's worker from logging "Error in training function" and a traceback
+    for an exception of `kinds` in this process: one the loop raises on purpose (a group
+    ended ahead of a preemption) reads there as a crash at every announced preemption.
+    Other exceptions are logged as before. Private: `ray.train.v2._internal.util`'s logger,
+    which `construct_user_exception_with_traceback` writes to from its `except` block. Public
+    replacement: none (Ray Train has no way to end a worker group that is not an error)."""
+    logger = logging.getLogger(train_util.__name__)
+    if not any(isinstance(f, _Expected) and f.kinds == kinds for f in logger.filters):
+        logger.addFilter(_Expected(kinds))

@@ -36,6 +36,7 @@ from ray.train import Checkpoint, CheckpointUploadMode
 
 from spotray.config import JobConfig
 from spotray.elastic.interval import Observation, policy_for
+from spotray.ray_compat.train import quiet_expected_errors
 from spotray.ray_compat.workers import current_runtime_env
 from spotray.runtime import checkpoint as ckpt
 from spotray.runtime import messages as msg
@@ -88,6 +89,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's training function: set up, resume, train to the stop step (module doc)."""
     entered = time.time()
     pin_threads()
+    quiet_expected_errors(preemption.NodeLeaving)  # the hand-over is not a crash
     Worker(loop_config["args"], entered).train()
 
 
@@ -567,7 +569,9 @@ def _hand_over(
             registered = registered and ckpt.inspect(run.join(folder), step).complete
         if registered and _room_without_draining(world, scaling):
             tell(msg.HandingOver(step=step, before_deadline_s=round(left_s, 2)))
-            raise preemption.NodeLeaving(step, plan.deadline_ms, plan.nodes)
+            leaving = preemption.NodeLeaving(step, plan.deadline_ms, plan.nodes)
+            logger.warning("%s", leaving)  # one line: Ray Train's traceback is quieted for it
+            raise leaving
         time.sleep(0.2)
 
 

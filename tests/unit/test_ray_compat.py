@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 from typing import Any
 
 import pytest
@@ -123,3 +124,33 @@ def test_setup_hook_runtime_env_and_prestart_rpc() -> None:
     assert wanted <= fields, f"PrestartWorkersRequest lacks {wanted - fields}: update {WORKERS}"
     info = runtime_environment_pb2.RuntimeEnvInfo.DESCRIPTOR.fields_by_name
     assert "serialized_runtime_env" in info, WORKERS
+
+
+def test_the_hand_over_ends_the_training_function_without_an_error_log() -> None:
+    """Ray Train's worker logs each error that ends the training function, traceback and all;
+    the seam keeps spotray's own NodeLeaving out of that log and leaves every other error in."""
+    from ray.train.v2._internal.util import construct_user_exception_with_traceback
+
+    from spotray.ray_compat import train
+    from spotray.runtime.preemption import NodeLeaving
+
+    logger = has(train.train_util, "logger", TRAIN)
+    uses(construct_user_exception_with_traceback, "logger.error", TRAIN)
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    before = list(logger.filters)
+    try:
+        train.quiet_expected_errors(NodeLeaving)
+        train.quiet_expected_errors(NodeLeaving)  # once per process, however often the loop starts
+        assert len(logger.filters) == len(before) + 1
+        for err in (NodeLeaving(33, None, {"a1b2c3d4e5": [0]}), RuntimeError("a real crash")):
+            try:
+                raise err
+            except Exception as e:
+                construct_user_exception_with_traceback(e)
+    finally:
+        logger.removeHandler(handler)
+        logger.filters[:] = before
+    assert [r.getMessage().splitlines()[-1] for r in seen] == ["RuntimeError: a real crash"]
