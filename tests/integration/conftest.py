@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +22,13 @@ BATCH = TEST_CONFIG["optimizer"]["global_batch_size"]
 
 def final_state(workdir: Path, step: int = STEPS, run: str = "t") -> dict:
     return tensors.read_state(workdir / "runs" / run / ckpt.dir_name(step))
+
+
+def copy_checkpoint(run: Path, into: Path, step: int) -> None:
+    """A run that stopped at `step`, without training it again: `run`'s checkpoint of that
+    step in a run folder of its own (which spotray adopts though Ray never registered it
+    there: spotray.runtime.checkpoint)."""
+    shutil.copytree(run / ckpt.dir_name(step), into / ckpt.dir_name(step))
 
 
 def assert_bit_identical(a: dict, b: dict) -> None:
