@@ -2,7 +2,7 @@
 copied into a folder of its own and run from there as a user runs theirs, with
 `scaling.strategy: fsdp` (the built-in GPT's tests run under DDP).
 
-Exact resume (stopped and started again, a worker SIGKILLed), 0 steps lost to an announced
+Exact resume (started again from a checkpoint, a worker SIGKILLed), 0 steps lost to an announced
 preemption, the elastic 3 -> 2 -> 3 trajectory, and a resume on another world size from a
 sharded checkpoint.
 """
@@ -21,7 +21,7 @@ import yaml
 from spotray.runtime import checkpoint as ckpt
 from spotray.runtime import tensors
 from tests.conftest import REPO, deep_merge, run_spotray, spotray_env
-from tests.integration.conftest import assert_bit_identical, assert_same_trajectory
+from tests.integration.conftest import assert_bit_identical, assert_same_trajectory, copy_checkpoint
 from tests.integration.faults import complete_checkpoint, train_killing_a_worker
 
 pytestmark = pytest.mark.integration
@@ -81,14 +81,12 @@ def hf_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_stopped_started_again_and_a_killed_worker_end_exactly_as_one_run(
-    hf_reference: Path, tmp_path: Path
-) -> None:
-    """Trained to step 30 and stopped; started again, with a worker SIGKILLed after
-    checkpoint 40: the run ends as the uninterrupted one (the loss in spotray.json
-    float-equal, every tensor bit-identical)."""
+def test_started_again_and_a_killed_worker_end_exactly_as_one_run(hf_reference: Path, tmp_path: Path) -> None:
+    """A run that stopped at step 30 (the reference's checkpoint 30 in a run folder of its
+    own), started again, with a worker SIGKILLed after checkpoint 40: the run ends as the
+    uninterrupted one (the loss in spotray.json float-equal, every tensor bit-identical)."""
     folder = hf_folder(tmp_path / "mine")
-    train(folder, "--steps", "30")
+    copy_checkpoint(hf_reference / "runs" / "hf", folder / "runs" / "hf", 30)
     checkpoint_40 = complete_checkpoint(folder / "runs" / "hf", 40)
     text = train_killing_a_worker(["job.yaml"], folder, spotray_env(), checkpoint_40, "checkpoint 40")
     assert "started from step 30" in text
@@ -97,21 +95,19 @@ def test_stopped_started_again_and_a_killed_worker_end_exactly_as_one_run(
     assert_bit_identical(state(folder), state(hf_reference))
 
 
-def test_sharded_on_two_workers_resumes_on_one(tmp_path: Path) -> None:
-    """FSDP on 2 workers writes a DCP checkpoint (an index and one shard per rank); the same
-    run resumes from it on 1 worker and ends at its last step."""
-    folder = hf_folder(tmp_path / "mine")
-    train(folder, "--steps", "20")
-    names = sorted(p.name for p in (folder / "runs" / "hf" / ckpt.dir_name(20)).iterdir())
+def test_sharded_on_two_workers_resumes_on_one(hf_reference: Path, tmp_path: Path) -> None:
+    """FSDP on 2 workers writes a DCP checkpoint (an index and one shard per rank); a run
+    that stopped there (the reference's checkpoint 20) resumes on 1 worker and ends at its
+    last step."""
+    names = sorted(p.name for p in (hf_reference / "runs" / "hf" / ckpt.dir_name(20)).iterdir())
     assert tensors.METADATA_FILE in names
     assert [n for n in names if n.endswith(".distcp")] == [tensors.shard_file(0), tensors.shard_file(1)]
 
-    (folder / "job.yaml").write_text(
-        yaml.safe_dump(deep_merge(HF_JOB, {"scaling": {"min_workers": 1, "max_workers": 1}}))
-    )
-    result = train(folder)
-    assert "started from step 20 on 1 worker(s)" in result.stdout
-    assert f"done: hf at step {STEPS}" in result.stdout
+    folder = hf_folder(tmp_path / "mine", {"scaling": {"min_workers": 1, "max_workers": 1}})
+    copy_checkpoint(hf_reference / "runs" / "hf", folder / "runs" / "hf", 20)
+    said = " ".join(train(folder).stdout.split())
+    assert "started from step 20 (complete in storage, not yet registered by Ray) on 1 worker(s)" in said
+    assert f"done: hf at step {STEPS}" in said
     assert meta(folder)["world_size"] == 1 and meta(folder)["step"] == STEPS
     assert meta(folder)["loss"] < meta(folder, 20)["loss"], "it goes on learning"
 
