@@ -1,5 +1,6 @@
 """Ray Train 2.60's scaling and failure policies and controller, which its public API does
-not open, and the log line its workers write for every error that ends a training function.
+not open; a worker's own copy of a preemption signal; and the log line its workers write for
+every error that ends a training function.
 
 Train 2.60 builds its scaling policy from `ScalingConfig` alone. spotray's policies (growth
 from a checkpoint they ask for, draining nodes left out, the on-demand fallback) subclass
@@ -42,6 +43,7 @@ __all__ = [
     "coordinator_of",
     "policy_trainer",
     "quiet_expected_errors",
+    "signalled_preemption",
 ]
 
 
@@ -131,3 +133,17 @@ def quiet_expected_errors(*kinds: type[BaseException]) -> None:
     logger = logging.getLogger(train_util.__name__)
     if not any(isinstance(f, _Expected) and f.kinds == kinds for f in logger.filters):
         logger.addFilter(_Expected(kinds))
+
+
+def signalled_preemption() -> Any:
+    """The `PreemptionInfo` Ray Train's drain watcher gave this worker (None: none yet), read
+    where it lies rather than through `ray.train.get_preemption_info()`, which is a
+    collective and so is called only at agreed steps: the loop reads this at every step and
+    calls the collective as soon as any rank has one. Private: the train context's
+    `preemption_context`, which `RayTrainWorker.mark_preempt` sets. Public replacement: none."""
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    try:
+        return get_train_context().preemption_context.preemption_info
+    except RuntimeError:  # no worker context (Ray Train's local mode): no drain watcher either
+        return None

@@ -36,7 +36,7 @@ from ray.train import Checkpoint, CheckpointUploadMode
 
 from spotray.config import JobConfig
 from spotray.elastic.interval import Observation, policy_for
-from spotray.ray_compat.train import quiet_expected_errors
+from spotray.ray_compat.train import quiet_expected_errors, signalled_preemption
 from spotray.ray_compat.workers import current_runtime_env
 from spotray.runtime import checkpoint as ckpt
 from spotray.runtime import messages as msg
@@ -280,16 +280,19 @@ class Worker:
         """One all-reduce carries the loss and every decision that must be unanimous; rank 0
         votes on timing so that all ranks act at the same step."""
         rank, now = self.rank, time.time()
-        vote_poll = rank == 0 and preemption.poll_due(now - self.last_poll, self.step_s)
-        request = _checkpoint_request() if vote_poll else None
+        timed = rank == 0 and preemption.poll_due(now - self.last_poll, self.step_s)
+        request = _checkpoint_request() if timed else None
         requested = request is not None and request.time > self.request_seen
         if requested:  # a rebalance hint, a growth or a move back to spot: checkpoint now
             self.request_seen = now
             self.answering = request.time
         vote_due = rank == 0 and (step >= self.next_due or step == self.args.stop_step)
         vote_final = rank == 0 and self.plan.wants_final(now * 1000, self.step_s, self.last_commit)
-        if vote_poll:
+        if timed:
             self.last_poll = now
+        # Any rank whose Ray Train worker already holds a drain signal asks for the poll at
+        # this step, not at rank 0's next timed one (up to POLL_S later, of a 2-minute lead).
+        vote_poll = timed or self.plan.is_news(signalled_preemption())
         ready = float(self.writer.pending is None or self.writer.pending.done())
         stats = torch.tensor(
             [0.0, ready, vote_due, vote_poll, vote_final, requested], dtype=torch.float64, device=self.device

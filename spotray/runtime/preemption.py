@@ -48,13 +48,18 @@ class PreemptionPlan:
     noticed: bool = False
     final_saved: bool = False
 
-    def notice(self, info: Any) -> bool:
-        """Take in a `PreemptionInfo` (or None); True when it is news: checkpoint now."""
+    def is_news(self, info: Any) -> bool:
+        """Whether a `PreemptionInfo` (or None) says what this plan has not yet taken in."""
         if info is None:
             return False
-        deadline = getattr(info, "deadline_ms", None) or None
-        news = not self.noticed or deadline != self.deadline_ms
-        self.noticed, self.deadline_ms = True, deadline
+        return not self.noticed or (getattr(info, "deadline_ms", None) or None) != self.deadline_ms
+
+    def notice(self, info: Any) -> bool:
+        """Take in a `PreemptionInfo` (or None); True when it is news: checkpoint now."""
+        news = self.is_news(info)
+        if info is None:
+            return False
+        self.noticed, self.deadline_ms = True, getattr(info, "deadline_ms", None) or None
         self.nodes = {str(k): list(v) for k, v in getattr(info, "preempted_node_to_ranks", {}).items()}
         if news:
             self.final_saved = False

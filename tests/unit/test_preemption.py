@@ -49,6 +49,18 @@ def test_a_second_notice_with_another_deadline_is_news() -> None:
     assert not plan.final_saved
 
 
+def test_a_signal_is_news_until_the_plan_has_taken_it_in() -> None:
+    """A rank that holds a drain signal asks all ranks to poll at the next step; once the
+    poll has taken it in, the same signal asks for nothing more, a later deadline does."""
+    plan = PreemptionPlan()
+    assert not plan.is_news(None)
+    assert plan.is_news(info())
+    assert plan.is_news(info())  # asked for, not yet polled: still news
+    plan.notice(info())
+    assert not plan.is_news(info()) and not plan.is_news(None)
+    assert plan.is_news(info(DEADLINE + 5000))
+
+
 def polled_steps(step_times: list[float]) -> list[int]:
     """The steps (1-based) at whose end the loop polls, for these step durations."""
     now, last, polled = 0.0, float("-inf"), []

@@ -154,3 +154,15 @@ def test_the_hand_over_ends_the_training_function_without_an_error_log() -> None
         logger.removeHandler(handler)
         logger.filters[:] = before
     assert [r.getMessage().splitlines()[-1] for r in seen] == ["RuntimeError: a real crash"]
+
+
+def test_a_workers_own_preemption_signal_is_where_the_seam_reads_it() -> None:
+    from ray.train.v2._internal.execution import context
+    from ray.train.v2._internal.execution.worker_group.worker import RayTrainWorker
+
+    from spotray.ray_compat import train
+
+    has(context, "get_train_context", TRAIN)
+    uses(RayTrainWorker.mark_preempt, "preemption_context.preemption_info = info", TRAIN)
+    has(context.PreemptionContext, "preemption_info", TRAIN)
+    assert train.signalled_preemption() is None  # outside a worker: no context, no signal
