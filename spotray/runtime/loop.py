@@ -278,7 +278,8 @@ class Worker:
 
     def _agree(self, step: int, loss_sum: torch.Tensor) -> Agreed:
         """One all-reduce carries the loss and every decision that must be unanimous; rank 0
-        votes on timing so that all ranks act at the same step."""
+        votes on timing, any rank on a drain signal its worker holds, so that all ranks act
+        at the same step."""
         rank, now = self.rank, time.time()
         timed = rank == 0 and preemption.poll_due(now - self.last_poll, self.step_s)
         request = _checkpoint_request() if timed else None
