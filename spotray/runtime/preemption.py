@@ -52,14 +52,14 @@ class PreemptionPlan:
         """Whether a `PreemptionInfo` (or None) says what this plan has not yet taken in."""
         if info is None:
             return False
-        return not self.noticed or (getattr(info, "deadline_ms", None) or None) != self.deadline_ms
+        return not self.noticed or _deadline(info) != self.deadline_ms
 
     def notice(self, info: Any) -> bool:
         """Take in a `PreemptionInfo` (or None); True when it is news: checkpoint now."""
-        news = self.is_news(info)
         if info is None:
             return False
-        self.noticed, self.deadline_ms = True, getattr(info, "deadline_ms", None) or None
+        news = self.is_news(info)
+        self.noticed, self.deadline_ms = True, _deadline(info)
         self.nodes = {str(k): list(v) for k, v in getattr(info, "preempted_node_to_ranks", {}).items()}
         if news:
             self.final_saved = False
@@ -80,6 +80,11 @@ class PreemptionPlan:
         if not self.final_saved or not self.deadline_ms:
             return None
         return self.deadline_ms + HOLD_GRACE_S * 1000
+
+
+def _deadline(info: Any) -> int | None:
+    """A `PreemptionInfo`'s deadline in ms, None where it has none (Ray Core's 0 included)."""
+    return getattr(info, "deadline_ms", None) or None
 
 
 class NodeLeaving(Exception):
