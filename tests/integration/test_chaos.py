@@ -103,7 +103,7 @@ def test_announced_preemptions_lose_no_step_and_are_not_failures(reference, tmp_
 
 # Global batch 24 in micro-batches of 4: every world size of 1..3 workers cuts it into the
 # same micro-batches, so runs on any of them agree up to float summation order (conftest).
-ELASTIC = {"optimizer": {"global_batch_size": 24, "micro_batch_size": 4, "steps": 130}}
+ELASTIC = {"optimizer": {"global_batch_size": 24, "micro_batch_size": 4, "steps": 100}}
 
 
 def test_elastic_job_shrinks_grows_loses_everything_and_comes_back(tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ def test_elastic_job_shrinks_grows_loses_everything_and_comes_back(tmp_path: Pat
 
     update = {
         **ELASTIC,
-        # 0: grow whenever there is room. This 30 s run is too short for any growth to pay
+        # 0: grow whenever there is room. This 20 s run is too short for any growth to pay
         # for two restarts (spotray.elastic.growth); the next test checks that rule. Ray's resize
         # check stays at its 60 s, longer than the run: the growth must come from spotray
         # weighing the added node as soon as it is seen.
@@ -134,7 +134,7 @@ def test_elastic_job_shrinks_grows_loses_everything_and_comes_back(tmp_path: Pat
     }
     events = ("25:unannounced", "50:add", "75:announced:3", "75:add")
     report = chaos(tmp_path, update, *events, nodes=3, replace=False, slow_step_s=0.2, lead_s=3.0)
-    assert report["final_step"] == 130
+    assert report["final_step"] == 100
     shrink, grow, gone, back = report["events"]
     # Unannounced: resumed on the 2 nodes left, from the newest complete checkpoint.
     assert shrink["step_at_notice"] is None and shrink["workers_after"] == 2
@@ -157,7 +157,7 @@ def test_elastic_job_shrinks_grows_loses_everything_and_comes_back(tmp_path: Pat
     for start in starts:
         first = min((t, step) for t, step in report["steps"] if t >= start["time"])
         assert first[1] == start["step"] + 1, (start, first)
-    assert_same_trajectory(final_state(tmp_path, 130, run="t-chaos"), final_state(uninterrupted, 130))
+    assert_same_trajectory(final_state(tmp_path, 100, run="t-chaos"), final_state(uninterrupted, 100))
 
 
 def test_elastic_job_near_its_end_does_not_grow(tmp_path: Path) -> None:
