@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import inspect
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -13,6 +15,8 @@ EXIT_CODES = (
     "Exit codes: 0 done; 1 the environment failed (AWS, Ray, storage, a lost run); "
     "2 your input is wrong (config, arguments); 130 interrupted (run it again to resume)."
 )
+
+F = TypeVar("F", bound=Callable[..., object])
 
 app = typer.Typer(
     help="Elastic, preemption-safe PyTorch training on AWS spot GPUs, with Ray.",
@@ -35,3 +39,19 @@ def main(
         from spotray.ray_compat import check_ray_version
 
         check_ray_version()
+
+
+def command(fn: F) -> F:
+    """Register `fn` as a spotray command, its docstring as the help and the exit codes below.
+
+    Typer's rich mode keeps a docstring's line breaks, so source-wrapped prose printed as
+    ragged half lines in an 80-column terminal: each prose paragraph is joined into one line
+    for the terminal to wrap. Indented lines (the examples) stay as written.
+    """
+    fn.__doc__ = "\n\n".join(map(_unwrap, inspect.cleandoc(fn.__doc__ or "").split("\n\n")))
+    return app.command(epilog=EXIT_CODES)(fn)
+
+
+def _unwrap(paragraph: str) -> str:
+    lines = paragraph.splitlines()
+    return paragraph if any(line.startswith(" ") for line in lines) else " ".join(lines)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from spotray.cli.app import EXIT_CODES, app
+from spotray.cli.app import command
 from spotray.errors import ConfigError, SpotrayError
 from spotray.terminal import console, err_console, human_errors
 
@@ -35,7 +35,7 @@ def _cluster_yaml(path: Path | None, local: bool) -> Path:
     return path or Path("cluster.local.yaml" if local else "cluster.yaml")
 
 
-@app.command(epilog=EXIT_CODES)
+@command
 def up(
     cluster_yaml: ClusterYaml = None,
     local: LocalOption = False,
@@ -178,7 +178,7 @@ def _print_plan(plan: ClusterPlan) -> None:
     )
 
 
-@app.command(epilog=EXIT_CODES)
+@command
 def down(
     cluster_yaml: ClusterYaml = None,
     local: LocalOption = False,
@@ -218,7 +218,7 @@ def down(
         console.print(f"the bill stays: spotray cost --cluster {name} --offline")
 
 
-@app.command(epilog=EXIT_CODES)
+@command
 def status(
     cluster_yaml: RemoteYaml = None,
     local: LocalOption = False,
@@ -282,7 +282,7 @@ def status(
             render(now, console)
 
 
-@app.command(epilog=EXIT_CODES)
+@command
 def dashboard(
     cluster_yaml: RemoteYaml = None,
     local: LocalOption = False,
@@ -390,7 +390,7 @@ def _down_local(cluster_yaml: Path | None, ledger_path: Path | None) -> None:
     )
 
 
-@app.command(epilog=EXIT_CODES)
+@command
 def watch(
     imds_url: Annotated[
         str, typer.Option("--imds-url", envvar="SPOTRAY_IMDS_URL", help="Instance metadata service.")
@@ -422,7 +422,8 @@ def watch(
 
       spotray watch                                  # on an EC2 worker node
 
-      spotray watch --imds-url http://127.0.0.1:8111 --address 127.0.0.1:6379 --node-id abc...
+      spotray watch --imds-url http://127.0.0.1:8111 \\
+        --address 127.0.0.1:6379 --node-id abc...
     """
     with human_errors():
         import logging

@@ -14,7 +14,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from spotray.cli.app import EXIT_CODES, app
+from spotray.cli.app import command
 from spotray.cost.aws import NoCredentialsError, default_region
 from spotray.errors import ConfigError, SpotrayError
 
@@ -40,7 +40,7 @@ def _stamp(t: float | None) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M") if t else "running"
 
 
-@app.command(epilog=EXIT_CODES)
+@command
 def cost(
     cluster: Annotated[str | None, typer.Option("--cluster", help="Bill this cluster's nodes.")] = None,
     run: Annotated[
@@ -182,7 +182,7 @@ def _render_bill(bill: Any, cluster: str, run: str | None, as_json: bool, as_csv
         )
 
 
-@app.command(epilog=EXIT_CODES)
+@command
 def prices(
     instance_types: Annotated[
         list[str] | None, typer.Option("--instance-types", help="Types to show (repeat); default: all known.")
@@ -240,7 +240,7 @@ def prices(
             console.print(f"[yellow]{missing}[/]", highlight=False)
 
 
-@app.command(epilog=EXIT_CODES)
+@command
 def plan(
     instance_type: Annotated[str, typer.Option("--instance-type", help="EC2 type, e.g. p3.8xlarge.")],
     count: Annotated[int, typer.Option("--count", min=1, help="Instances.")],
@@ -268,7 +268,8 @@ def plan(
 
     [b]Example[/b] (the article's 8 x p3.8xlarge for a day, at its prices):
 
-      spotray plan --instance-type p3.8xlarge --count 8 --hours 24 --on-demand-price 3.06 --spot-price 0.92
+      spotray plan --instance-type p3.8xlarge --count 8 --hours 24 \\
+        --on-demand-price 3.06 --spot-price 0.92
     """
     from spotray.cost.aws import client
     from spotray.cost.plan import make_plan

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from spotray.cli.app import EXIT_CODES, app
+from spotray.cli.app import command
 from spotray.errors import ConfigError
 from spotray.terminal import console, debug_on, human_errors
 
@@ -17,7 +17,7 @@ def _format_duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
 
 
-@app.command(epilog=EXIT_CODES)
+@command
 def train(
     config: Annotated[Path, typer.Argument(help="Job config YAML, e.g. train/configs/local.yaml.")],
     address: Annotated[
@@ -59,11 +59,11 @@ def train(
 
     [b]Examples:[/b]
 
-      spotray train train/configs/local.yaml               # local Ray, CPU, no AWS
+      spotray train train/configs/local.yaml             # local Ray, CPU, no AWS
 
-      spotray train train/configs/local.yaml --steps 50    # stop at step 50; run again to go on
+      spotray train train/configs/local.yaml --steps 50  # stop at step 50
 
-      spotray train train/configs/p3-8x8.yaml --address auto   # as a Ray Job on the cluster
+      spotray train train/configs/p3-8x8.yaml --address auto   # as a Ray Job
     """
     with human_errors():
         from spotray.config import load_config
@@ -79,7 +79,7 @@ def train(
         print_summary(summary)
 
 
-@app.command(epilog=EXIT_CODES)
+@command
 def chaos(
     config: Annotated[Path, typer.Argument(help="Job config YAML to train under preemptions.")],
     nodes: Annotated[int, typer.Option("--nodes", min=1, help="Spot nodes in the local cluster.")] = 3,
@@ -157,9 +157,11 @@ def chaos(
 
       spotray chaos train/configs/local.yaml --nodes 3 --events 3 --seed 1
 
-      spotray chaos train/configs/local.yaml --event 60:announced --event 150:unannounced
+      spotray chaos train/configs/local.yaml --event 60:announced \\
+        --event 150:unannounced
 
-      spotray chaos CONFIG --no-replace --event 40:unannounced --event 80:announced --event 80:add:2
+      spotray chaos CONFIG --no-replace --event 40:unannounced \\
+        --event 80:announced --event 80:add:2
     """
     with human_errors():
         from spotray.chaos.harness import ChaosOptions, make_schedule, parse_event, run_chaos

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from typer.testing import CliRunner
 
 from spotray.cli import app
@@ -20,3 +22,17 @@ def test_every_help_states_the_exit_codes() -> None:
 def test_a_usage_error_is_input_exit_2() -> None:
     result = CliRunner().invoke(app, ["train", "--no-such-flag"])
     assert result.exit_code == 2
+
+
+def test_help_prose_wraps_to_the_terminal_not_to_the_source() -> None:
+    """At 80 columns a line of a command's description ends only where the next word would
+    not fit: the docstrings' own line breaks once left ragged half lines there."""
+    runner = CliRunner()
+    for command in app.registered_commands:
+        name = command.name or command.callback.__name__
+        shown = runner.invoke(app, [name, "--help"], env={"COLUMNS": "80"}).output
+        lines = [line.rstrip() for line in shown.split("╭")[0].splitlines()]
+        for line, after in pairwise(lines):
+            prose = line.startswith(" ") and not line.startswith("   ")  # examples are indented
+            if prose and after.strip() and not after.startswith("   "):
+                assert len(line) + 1 + len(after.split()[0]) > 76, (name, line, after)
