@@ -99,8 +99,8 @@ def test_ctrl_c_then_faults_in_storage_and_the_run_still_ends_bit_identical(
     way through its upload, a byte of checkpoint N is flipped and the newest checkpoint before
     N that Ray registered is deleted by hand: the torn folder is removed, N is skipped with a
     line that says why, the deleted one is named, and the run goes on from the newest
-    checkpoint left to end bit for bit as the uninterrupted one. Ray's list of checkpoints
-    stays usable: N and the deleted one, written again, are listed once each."""
+    checkpoint left to pass the uninterrupted one's last step bit for bit. Ray's list of
+    checkpoints stays usable: N and the deleted one, written again, are listed once each."""
     config = write_config(tmp_path)
     run = tmp_path / "runs" / "t"
     proc = subprocess.Popen(
@@ -134,16 +134,18 @@ def test_ctrl_c_then_faults_in_storage_and_the_run_still_ends_bit_identical(
     shutil.rmtree(run / ckpt.dir_name(gone))
     left = max(s for s in range(20, n, 20) if s != gone and complete_checkpoint(run, s)())
 
-    second = run_spotray(["train", str(config)], cwd=tmp_path)
+    # On past the schedule's end (--steps): a run can always be taken further.
+    second = run_spotray(["train", str(config), "--steps", str(STEPS + 20)], cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     said = second.stdout.replace("\n", "")  # the console wraps long lines, folding long paths
+    assert f"done: t at step {STEPS + 20}" in said
     assert f"skipped checkpoint {run / ckpt.dir_name(n)}: __1_0.distcp does not match its checksum" in said
     assert f"checkpoint {run / ckpt.dir_name(gone)} is gone: resuming from the one before" in said
     assert f"started from step {left}" in said
     assert f"resumed from step {left}" in " ".join(said.split())  # the summary says it too
     assert not (run / ckpt.dir_name(torn) / PADDING).exists()  # the torn folder is gone
     assert_bit_identical(final_state(tmp_path), final_state(reference[0]))
-    assert listed_steps(run) == list(range(20, STEPS + 1, 20))
+    assert listed_steps(run) == list(range(20, STEPS + 21, 20))
 
 
 def listed_steps(run: Path) -> list[int]:
