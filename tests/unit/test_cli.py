@@ -9,8 +9,12 @@ from typer.testing import CliRunner
 from spotray.cli import app
 
 
+def command_names() -> list[str]:
+    return [c.name or c.callback.__name__ for c in app.registered_commands]
+
+
 def test_every_help_states_the_exit_codes() -> None:
-    commands = [c.name or c.callback.__name__ for c in app.registered_commands]
+    commands = command_names()
     assert {"train", "up", "down", "chaos", "cost", "prices", "plan"} <= set(commands)
     runner = CliRunner()
     for args in ([], *([name] for name in commands)):
@@ -28,8 +32,7 @@ def test_help_prose_wraps_to_the_terminal_not_to_the_source() -> None:
     """At 80 columns a line of a command's description ends only where the next word would
     not fit: the docstrings' own line breaks once left ragged half lines there."""
     runner = CliRunner()
-    for command in app.registered_commands:
-        name = command.name or command.callback.__name__
+    for name in command_names():
         shown = runner.invoke(app, [name, "--help"], env={"COLUMNS": "80"}).output
         lines = [line.rstrip() for line in shown.split("╭")[0].splitlines()]
         for line, after in pairwise(lines):
