@@ -12,78 +12,21 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
 from spotray.runtime import checkpoint as ckpt
-from spotray.runtime import strategy, tensors
+from spotray.runtime import tensors
 from spotray.runtime.storage import Location
-from spotray.workload import Workload
+from tests import ranks
 from tests.conftest import free_port
-
-
-class Blocks(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.blocks = torch.nn.ModuleList(torch.nn.Linear(6, 6) for _ in range(3))
-        self.head = torch.nn.Linear(6, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = torch.tanh(block(x))
-        return self.head(x)
-
-
-def _setup(rank: int, world: int, how: str) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    model = Blocks()
-    if how == "fsdp":
-        strategy.shard(model, Workload(), bf16=False, device=torch.device("cpu"))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if how == "ddp" else model
-    return model, wrapped, optimizer
-
-
-def _full(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """The whole state, gathered: what must survive a save and a load at another size."""
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_state, optim_state = get_state_dict(model, optimizer, options=options)
-    return {"model": model_state, "optimizer": optim_state}
-
-
-def _save(rank: int, world: int, how: str, folder: str, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    model, wrapped, optimizer = _setup(rank, world, how)
-    torch.manual_seed(1)
-    for _ in range(3):
-        x = torch.randn(4, 6)  # each rank its own half of the batch
-        wrapped(x).pow(2).mean().backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    shards, rest = tensors.split(tensors.training_state(model, optimizer))
-    writer = ckpt.CheckpointWriter(Path(folder) / f"rank{rank}", rank, dist.new_group(backend="gloo"))
-    files = {tensors.TRAINER_FILE: {"rest": rest}} if rank == 0 else {}
-    meta = {"format": ckpt.FORMAT_VERSION, "step": 3, "world_size": world} if rank == 0 else None
-    writer.start(3, writer.buffers.copy(shards), files, meta, stall_s=0.0, metrics={})
-    written = writer.wait().folder
-    full = _full(model, optimizer)
-    if rank == 0:
-        torch.save(full, Path(folder) / "expected.pt")
-    dist.barrier()
-    run = Path(folder) / "run" / written.name
-    run.mkdir(parents=True, exist_ok=True)
-    for item in written.iterdir():  # the upload: every rank's part into one folder
-        item.rename(run / item.name)
-    dist.destroy_process_group()
 
 
 def _load(rank: int, world: int, how: str, folder: str, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    model, _, optimizer = _setup(rank, world, how)
+    model, _, optimizer = ranks.setup(rank, world, how)
     run = Path(folder) / "run" / ckpt.dir_name(3)
     rest = torch.load(run / tensors.TRAINER_FILE, weights_only=True)["rest"]
     tensors.restore_training_state(model, optimizer, run, rest, dist.new_group(backend="gloo"))
-    full = _full(model, optimizer)  # a collective under FSDP
+    full = ranks.full(model, optimizer)  # a collective under FSDP
     if rank == 0:
         torch.save(full, Path(folder) / "loaded.pt")
     dist.destroy_process_group()
@@ -95,7 +38,7 @@ def _load(rank: int, world: int, how: str, folder: str, port: int) -> None:
     ids=["fsdp 2 -> fsdp 1", "ddp 2 -> fsdp 2", "fsdp 2 -> ddp 1"],
 )
 def test_a_checkpoint_loads_exactly_at_another_size_and_strategy(tmp_path: Path, saved, loaded) -> None:
-    mp.spawn(_save, args=(saved[1], saved[0], str(tmp_path), free_port()), nprocs=saved[1])
+    mp.spawn(ranks.save, args=(saved[1], saved[0], str(tmp_path), free_port()), nprocs=saved[1])
     run = tmp_path / "run" / ckpt.dir_name(3)
     names = sorted(p.name for p in run.iterdir())
     assert tensors.METADATA_FILE in names
