@@ -32,10 +32,10 @@ from spotray.config import BUILTIN_GPT, parse_config
 from spotray.runtime import checkpoint as ckpt
 from spotray.runtime import messages as msg
 from spotray.runtime import tensors
-from spotray.runtime.loop import Trainee, _start_checkpoint
+from spotray.runtime.loop import _start_checkpoint
 from spotray.runtime.optim import default_optimizer, schedule
 from spotray.runtime.order import GlobalOrder, micro_batches
-from spotray.runtime.resume import Progress
+from spotray.runtime.resume import Progress, Trainee
 from spotray.workload import load
 
 

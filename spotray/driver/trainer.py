@@ -44,6 +44,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 POLL_S = 1.0  # how often the driver asks the hub for news
 PRELOAD_HOOK = "spotray.runtime.preload.preload"  # every worker's setup hook, with warm spares
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class RunSummary:
@@ -408,7 +410,12 @@ def preview(workload: Workload, checkpoint: ckpt.StoredCheckpoint, seed: int) ->
         torch.manual_seed(seed)
         model = workload.build_model()
     with tempfile.TemporaryDirectory(prefix="spotray-preview-") as cache:
-        tensors.load_model(model, ckpt.local_folder(checkpoint.location, Path(cache) / "checkpoint"))
+        files = ckpt.CheckedFiles(checkpoint, Path(cache) / "checkpoint")
+        try:
+            tensors.load_model(model, files.folder, files.get)
+        except ckpt.FileCheckError as err:
+            logger.warning("no preview: checkpoint %s: %s", checkpoint.location.uri, err)
+            return None
     model.eval()
     with torch.no_grad():
         return workload.preview(model)

@@ -20,9 +20,9 @@ the bucket must not be able to run code at the next resume.
 
 A checkpoint counts only when `spotray.json` and every rank's manifest are present and every
 file listed has its listed size: a node killed in the middle of a write or upload leaves a
-folder that `scan` reports as torn and `latest` never returns. The checksums are verified
-before a checkpoint is loaded (`verify`): a flipped byte skips that checkpoint for the one
-before it.
+folder that `scan` reports as torn and `latest` never returns. Each rank checks the files
+it loads against their checksums as it reads them (`CheckedFiles`): a flipped byte skips
+that checkpoint for the one before it.
 
 Why storage, not only `ray.train.get_checkpoint()`: Ray registers a checkpoint when its
 controller polls the workers' reports (every `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`: 2 s by
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
@@ -66,6 +65,10 @@ OWN_FILE = re.compile(
     r"^(spotray\.json|trainer\.pt|\.metadata(\.tmp)?|__\d+_\d+\.distcp|rng-rank\d+\.pt|manifest-rank\d+\.json)$"
 )
 MANIFEST_PATTERN = re.compile(r"^manifest-rank\d+\.json$")
+# A DCP shard's unit of checksum, and of fetching when a rank reads only part of it: small,
+# as a rank reads a few bytes of other ranks' shards (the optimizer's replicated step counts,
+# which DCP saves once, spread over the ranks), a block each.
+BLOCK = 1 << 20
 # What Ray Train writes into the run folder itself; removed with the run by --fresh, as a
 # snapshot naming checkpoints that are gone stops Ray's checkpoint manager at the next start.
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray-private: the checkpoints it lists
@@ -249,10 +252,7 @@ class CheckpointWriter:
                         meta, write_seconds=round(pending.write_s, 4), stall_seconds=round(stall_s, 4)
                     )
                     (folder / META_FILE).write_text(json.dumps(body, indent=2))
-                listing = {}
-                for p in folder.iterdir():
-                    with open(p, "rb") as f:
-                        listing[p.name] = {"size": p.stat().st_size, "sha256": _sha256(f)}
+                listing = {p.name: _listed(p) for p in folder.iterdir()}
                 # The manifest is written last: its presence says this rank's files are whole.
                 (folder / manifest_file(self.rank)).write_text(json.dumps(listing))
             except BaseException as err:  # handed to the training thread in wait()
@@ -294,11 +294,29 @@ class CheckpointWriter:
         return pending
 
 
-def _sha256(stream: Any) -> str:
-    """SHA-256 of a binary stream (a local file, or a pyarrow input stream), read in 4 MB."""
+def _listed(path: Path) -> dict[str, Any]:
+    """A file's manifest entry: size, SHA-256, and for a DCP shard each BLOCK's SHA-256."""
+    whole = hashlib.sha256()
+    blocks = []
+    with open(path, "rb") as f:
+        while chunk := f.read(BLOCK):
+            whole.update(chunk)
+            blocks.append(hashlib.sha256(chunk).hexdigest())
+    entry: dict[str, Any] = {"size": path.stat().st_size, "sha256": whole.hexdigest()}
+    if path.suffix == ".distcp":
+        entry.update(block=BLOCK, blocks=blocks)
+    return entry
+
+
+def _sha256(stream: Any, copy: Path | None = None) -> str:
+    """SHA-256 of a binary stream (a pyarrow input stream), read in 4 MB; written to
+    `copy` on the way when given."""
     digest = hashlib.sha256()
-    while chunk := stream.read(1 << 22):
-        digest.update(chunk)
+    with open(copy, "wb") if copy is not None else contextlib.nullcontext() as out:
+        while chunk := stream.read(1 << 22):
+            digest.update(chunk)
+            if out is not None:
+                out.write(chunk)
     return digest.hexdigest()
 
 
@@ -372,42 +390,143 @@ def scan(run: Location) -> list[StoredCheckpoint]:
     return sorted(found, key=lambda c: c.step)
 
 
-def verify(checkpoint: StoredCheckpoint) -> str | None:
-    """Read every file of a complete checkpoint against its manifest's SHA-256: why it must
-    not be loaded (a flipped byte, a file rewritten in place), or None."""
-    location = checkpoint.location
-    world = int((checkpoint.meta or {}).get("world_size", 0))
-    for rank in range(world):
-        for name, listed in _read_json(location.fs, f"{location.path}/{manifest_file(rank)}").items():
-            with location.fs.open_input_stream(f"{location.path}/{name}") as f:
-                digest = _sha256(f)
-            if digest != listed["sha256"]:
-                return f"{name} does not match its checksum"
-    return None
-
-
 def latest(run: Location) -> StoredCheckpoint | None:
     """The newest complete checkpoint of the run, or None."""
     complete = [c for c in scan(run) if c.complete]
     return complete[-1] if complete else None
 
 
-def load_file(checkpoint: Location, name: str, map_location: str | torch.device = "cpu") -> Any:
-    """torch.load one file of a checkpoint, from any filesystem."""
-    with checkpoint.fs.open_input_file(f"{checkpoint.path}/{name}") as f:
-        buffer = io.BytesIO(f.read())
-    return torch.load(buffer, map_location=map_location, weights_only=True)
+class FileCheckError(Exception):
+    """A checkpoint file that must not be loaded: it does not match its manifest's checksum,
+    or storage would not give it. Its checkpoint is skipped for the one before it."""
 
 
-def local_folder(checkpoint: Location, cache: Path) -> Path:
-    """The checkpoint as a local folder for DCP's reader: itself on local storage, else a
-    copy under `cache` (every file: a rank may need any shard when the world size changed)."""
-    if isinstance(checkpoint.fs, pafs.LocalFileSystem):
-        return Path(checkpoint.path)
-    shutil.rmtree(cache, ignore_errors=True)
-    cache.mkdir(parents=True)
-    pafs.copy_files(checkpoint.path, str(cache), source_filesystem=checkpoint.fs)
-    return cache
+class CheckedFiles:
+    """A checkpoint's files as a local folder for DCP's reader, each part checked against
+    its manifest's SHA-256 the first time it is asked for: on local storage read in place,
+    otherwise fetched into `cache` (or, without one, only hashed) in the same read.
+
+    A rank asks only for what it loads, and for a DCP shard only the byte ranges its part of
+    the load reads, each fetched and checked in blocks of `BLOCK` (the manifest lists every
+    block's SHA-256); the rest of the local copy stays a hole nobody reads. Restoring from
+    S3 under FSDP then reads about a rank's own shard, not the whole checkpoint once per rank
+    plus once more to check it beforehand.
+    """
+
+    def __init__(self, checkpoint: StoredCheckpoint, cache: Path | None = None) -> None:
+        self.location = checkpoint.location
+        local = isinstance(self.location.fs, pafs.LocalFileSystem)
+        self._cache = None if local else cache
+        self.folder = Path(self.location.path) if local or cache is None else cache
+        if self._cache is not None:
+            shutil.rmtree(self._cache, ignore_errors=True)
+            self._cache.mkdir(parents=True)
+        self._world = int((checkpoint.meta or {}).get("world_size", 0))
+        self._listed: dict[str, dict[str, Any]] | None = None
+        self._checked: dict[str, set[int] | None] = {}  # name -> blocks checked; None: all of it
+        self.fetched_bytes = 0  # read from storage
+
+    def get(self, name: str, ranges: list[tuple[int, int]] | None = None) -> Path:
+        """The local path of file `name`, with the part to be read checked: all of it, or
+        the blocks that cover `ranges` ((offset, length) pairs). Raises FileCheckError."""
+        listed = self._manifests().get(name)
+        if listed is None:
+            raise FileCheckError(f"{name} is not in the checkpoint's manifests")
+        done = self._checked.setdefault(name, set())
+        if done is None:
+            return self.folder / name
+        try:
+            if ranges is None or "blocks" not in listed:  # (manifests written before blocks)
+                self._check_whole(name, listed)
+                self._checked[name] = None
+            else:
+                size = listed["block"]
+                wanted = {b for offset, length in ranges for b in _blocks(offset, length, size)}
+                self._check_blocks(name, listed, sorted(wanted - done))
+                done |= wanted
+        except OSError as err:
+            raise FileCheckError(f"{name} unreadable: {err}") from err
+        return self.folder / name
+
+    def names(self) -> list[str]:
+        """Every file the manifests list."""
+        return list(self._manifests())
+
+    def drop(self) -> None:
+        """Delete the fetched copies (once loaded, they are in memory)."""
+        if self._cache is not None:
+            shutil.rmtree(self._cache, ignore_errors=True)
+
+    def _manifests(self) -> dict[str, dict[str, Any]]:
+        if self._listed is None:
+            listed: dict[str, dict[str, Any]] = {}
+            for rank in range(self._world):
+                try:
+                    listed.update(_read_json(self.location.fs, f"{self.location.path}/{manifest_file(rank)}"))
+                except (OSError, ValueError) as err:
+                    raise FileCheckError(f"{manifest_file(rank)} unreadable: {err}") from err
+            self._listed = listed
+        return self._listed
+
+    def _check_whole(self, name: str, listed: dict[str, Any]) -> None:
+        copy = None if self._cache is None else self._cache / name
+        with self.location.fs.open_input_stream(f"{self.location.path}/{name}") as source:
+            digest = _sha256(source, copy)
+        self.fetched_bytes += listed["size"]
+        if digest != listed["sha256"]:
+            raise FileCheckError(f"{name} does not match its checksum")
+
+    def _check_blocks(self, name: str, listed: dict[str, Any], blocks: list[int]) -> None:
+        """Read `blocks` (sorted), runs of adjacent ones in one request each; check each."""
+        copy = None
+        if self._cache is not None:
+            copy = self._cache / name
+            if not copy.exists():
+                with open(copy, "wb") as f:
+                    f.truncate(listed["size"])  # sparse: only fetched blocks take disk
+        size = listed["block"]
+        with self.location.fs.open_input_file(f"{self.location.path}/{name}") as source:
+            for first, last in _runs(blocks):
+                start = first * size
+                data = source.read_at(min((last + 1) * size, listed["size"]) - start, start)
+                self.fetched_bytes += len(data)
+                for b in range(first, last + 1):
+                    part = data[(b - first) * size : (b - first + 1) * size]
+                    if hashlib.sha256(part).hexdigest() != listed["blocks"][b]:
+                        raise FileCheckError(f"{name} does not match its checksum")
+                if copy is not None:
+                    with open(copy, "r+b") as f:
+                        f.seek(start)
+                        f.write(data)
+
+
+def _blocks(offset: int, length: int, size: int) -> range:
+    """The numbers of the `size`-byte blocks that bytes [offset, offset + length) lie in."""
+    return range(offset // size, (offset + max(length, 1) - 1) // size + 1)
+
+
+def _runs(blocks: list[int], most: int = 64) -> list[tuple[int, int]]:
+    """Sorted block numbers as (first, last) runs of adjacent ones, `most` blocks at most
+    (one request each, held in memory while it is checked)."""
+    runs: list[tuple[int, int]] = []
+    for b in blocks:
+        if runs and runs[-1][1] == b - 1 and b - runs[-1][0] < most:
+            runs[-1] = (runs[-1][0], b)
+        else:
+            runs.append((b, b))
+    return runs
+
+
+def verify(checkpoint: StoredCheckpoint) -> str | None:
+    """Read every file of a complete checkpoint against its manifest's SHA-256: why it must
+    not be loaded (a flipped byte, a file rewritten in place), or None."""
+    files = CheckedFiles(checkpoint)
+    try:
+        for name in files.names():
+            files.get(name)
+    except FileCheckError as err:
+        return str(err)
+    return None
 
 
 def upload(folder: Path, destination: Location) -> None:

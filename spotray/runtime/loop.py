@@ -21,7 +21,6 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import cached_property
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -43,31 +42,11 @@ from spotray.runtime import messages as msg
 from spotray.runtime import preemption, preload, strategy, tensors
 from spotray.runtime.optim import autocast, default_optimizer, schedule, uses_bf16
 from spotray.runtime.order import GlobalOrder, micro_batches, to_device
-from spotray.runtime.resume import Progress, choose_checkpoint, registered_paths, restore
+from spotray.runtime.resume import LoadArgs, Progress, Trainee, registered_paths, resume
 from spotray.runtime.storage import Location, export_s3_env
-from spotray.workload import Workload, load, model_shapes
+from spotray.workload import Workload, load
 
 logger = logging.getLogger("spotray.runtime")
-
-
-@dataclass(frozen=True)
-class Trainee:
-    """What a checkpoint saves besides counters and RNG: the model (bare under DDP, sharded
-    under FSDP), its optimizer and schedule, and the workload's own state."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    workload: Workload
-
-    @cached_property
-    def model_description(self) -> dict[str, Any]:
-        """Parameter count and tensor shapes for spotray.json: fixed for the run, so worked
-        out once, not in every checkpoint's stall."""
-        return {
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-            "shapes": model_shapes(self.model),
-        }
 
 
 @dataclass(frozen=True)
@@ -151,13 +130,8 @@ class Worker:
 
     def _resume(self) -> None:
         """The newest complete checkpoint in storage, or a fresh start."""
-        self.decision = choose_checkpoint(self.args.run, self.rank)
-        self.progress = restore(
-            self.decision,
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            self.workload,
+        load = LoadArgs(
+            self.trainee,
             self.cfg.seed,
             self.world,
             self.rank,
@@ -165,6 +139,7 @@ class Worker:
             self.group,
             cache=self.staging.with_name(f"restore-rank{self.rank}"),
         )
+        self.decision, self.progress = resume(self.args.run, load)
 
     def _prepare_steps(self) -> None:
         """The model as the steps run it, the batch order, the checkpoint writer and interval,

@@ -1,14 +1,16 @@
 """Where a (re)started worker group resumes from, and loading it.
 
-Rank 0 chooses the newest complete checkpoint in storage (Ray's latest registered one, or a
-newer complete one that Ray never registered: see spotray.runtime.checkpoint) and every rank loads
-it. A fresh start seeds every rank from (seed, 0, rank).
+Rank 0 lists the complete checkpoints in storage (Ray's registered ones, and newer complete
+ones that Ray never registered: see spotray.runtime.checkpoint); every rank loads the newest
+whose files it reads match their checksums. A fresh start seeds every rank from
+(seed, 0, rank).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +18,14 @@ import numpy as np
 import ray.train
 import ray.train.collective
 import torch
+import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConsistencyMode, CheckpointUploadMode
 
 from spotray.errors import CheckpointMismatchError
 from spotray.runtime import checkpoint as ckpt
 from spotray.runtime import tensors
 from spotray.runtime.storage import Location
-from spotray.workload import Workload
+from spotray.workload import Workload, model_shapes
 
 logger = logging.getLogger("spotray.runtime")
 
@@ -36,6 +39,39 @@ class Progress:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Trainee:
+    """What a checkpoint saves besides counters and RNG: the model (bare under DDP, sharded
+    under FSDP), its optimizer and schedule, and the workload's own state."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    workload: Workload
+
+    @cached_property
+    def model_description(self) -> dict[str, Any]:
+        """Parameter count and tensor shapes for spotray.json: fixed for the run, so worked
+        out once, not in every checkpoint's stall."""
+        return {
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "shapes": model_shapes(self.model),
+        }
+
+
+@dataclass(frozen=True)
+class LoadArgs:
+    """What loading a checkpoint takes on this rank."""
+
+    trainee: Trainee
+    seed: int
+    world: int
+    rank: int
+    device: torch.device
+    group: Any  # the gloo group of DCP and of the ranks' agreement; None on one worker
+    cache: Path  # for this rank's copy of what it reads of a checkpoint not on local storage
 
 
 @dataclass(frozen=True)
@@ -62,44 +98,80 @@ def seed_rank(seed: int, step: int, rank: int) -> None:
     np.random.seed(worker_seed(seed, step, rank) % 2**32)
 
 
-def choose_checkpoint(run: Location, rank: int) -> Resume:
-    """Agree on the checkpoint to resume from: the newest complete one in storage whose
-    files match their checksums.
+def resume(run: Location, args: LoadArgs) -> tuple[Resume, Progress]:
+    """Load the newest complete checkpoint in storage whose files match their checksums (or
+    seed a fresh start); returns what was resumed and where training stands.
 
-    Rank 0 decides and removes what can never be loaded: torn folders, and complete ones
-    that Ray does not know and that are older than the one chosen, which no retention would
-    ever delete. One that fails its checksums is skipped and kept (a read error looks the
-    same). Every rank gets the same answer.
+    A collective. Rank 0 lists the complete checkpoints; every rank checks the files it
+    loads as it reads them, and a checkpoint any rank finds damaged is skipped by all for
+    the one before it (and kept: a read error looks the same). Rank 0 then removes what can
+    never be loaded: torn folders, and complete ones that Ray does not know and that are
+    older than the one loaded, which no retention would ever delete.
 
-    The broadcast carries plain values (step, registered, folder names), not a `Resume`: Ray's
+    The broadcast carries plain values (steps, folder names), not spotray's classes: Ray's
     synchronization actor is a fresh process for every worker group, and unpickling spotray's
     classes there imported torch, which made each restart 2.5-3 s slower on two cores.
     """
-    resume = Resume(None, False)
-    if rank == 0:
+    stored: list[ckpt.StoredCheckpoint] = []
+    registered: set[str] = set()
+    if args.rank == 0:
         registered = registered_paths(timeout_s=30)
         stored = ckpt.scan(run)
-        newest, skipped = _newest_verified([c for c in stored if c.complete])
-        removed = []
-        for c in stored:
-            keep = c is newest or c.unreadable or c.location.uri in skipped
-            if keep or c.location.path.rstrip("/") in registered:
-                continue
-            why = c.problem or f"complete but never registered by Ray, older than step {newest.step}"
-            logger.warning("removing checkpoint %s: %s", c.location.uri, why)
-            kept = ckpt.delete(c.location)
-            removed.append(f"{c.location.uri}: {why}" + (f" (kept {', '.join(kept)})" if kept else ""))
-        known = newest is not None and newest.location.path.rstrip("/") in registered
-        listed = frozenset(p.rsplit("/", 1)[-1] for p in registered)
-        skips = tuple(f"{u}: {why}" for u, why in skipped.items())
-        resume = Resume(newest, known, tuple(removed), skips, listed)
-    step, known, listed = ray.train.collective.broadcast_from_rank_zero(
-        (resume.checkpoint.step if resume.checkpoint else None, resume.registered, resume.ray_lists)
+    steps, listed = ray.train.collective.broadcast_from_rank_zero(
+        (
+            [c.step for c in reversed(stored) if c.complete],
+            frozenset(p.rsplit("/", 1)[-1] for p in registered),
+        )
     )
-    if rank == 0:
-        return resume
-    found = ckpt.inspect(run.join(ckpt.dir_name(step)), step) if step is not None else None
-    return Resume(found, known, ray_lists=listed)
+    found = {c.step: c for c in stored}
+    skipped: dict[str, str] = {}
+    for step in steps:
+        candidate = found.get(step) or ckpt.inspect(run.join(ckpt.dir_name(step)), step)
+        try:
+            progress = restore(candidate, args)
+        except ckpt.FileCheckError as err:
+            if args.rank == 0:
+                logger.warning("skipping checkpoint %s: %s", candidate.location.uri, err)
+            skipped[candidate.location.uri] = str(err)
+            continue
+        known = ckpt.dir_name(step) in listed
+        if not known:
+            # Written whole but never registered by Ray (see spotray.runtime.checkpoint):
+            # register it in place, so Ray's retention and get_checkpoint() know it from now on.
+            ray.train.report(
+                {"step": progress.step, "loss": progress.loss},
+                checkpoint=Checkpoint(candidate.location.path, filesystem=candidate.location.fs),
+                checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
+            )
+        removed = _remove_unloadable(stored, candidate, skipped, registered)
+        return Resume(candidate, known, removed, _lines(skipped), listed), progress
+    seed_rank(args.seed, 0, args.rank)
+    removed = _remove_unloadable(stored, None, skipped, registered)
+    return Resume(None, False, removed, _lines(skipped), listed), Progress()
+
+
+def _lines(reasons: dict[str, str]) -> tuple[str, ...]:
+    return tuple(f"{uri}: {why}" for uri, why in reasons.items())
+
+
+def _remove_unloadable(
+    stored: list[ckpt.StoredCheckpoint],
+    loaded: ckpt.StoredCheckpoint | None,
+    skipped: dict[str, str],
+    registered: set[str],
+) -> tuple[str, ...]:
+    """Rank 0 (the only one with `stored`): delete the folders that can never be loaded;
+    "uri: why" for each."""
+    removed = []
+    for c in stored:
+        keep = c is loaded or c.unreadable or c.location.uri in skipped
+        if keep or c.location.path.rstrip("/") in registered:
+            continue
+        why = c.problem or f"complete but never registered by Ray, older than step {loaded.step}"
+        logger.warning("removing checkpoint %s: %s", c.location.uri, why)
+        kept = ckpt.delete(c.location)
+        removed.append(f"{c.location.uri}: {why}" + (f" (kept {', '.join(kept)})" if kept else ""))
+    return tuple(removed)
 
 
 def registered_paths(timeout_s: float) -> set[str]:
@@ -113,27 +185,8 @@ def registered_paths(timeout_s: float) -> set[str]:
     }
 
 
-def _newest_verified(
-    complete: list[ckpt.StoredCheckpoint],
-) -> tuple[ckpt.StoredCheckpoint | None, dict[str, str]]:
-    """The newest checkpoint whose files match their checksums, and why newer ones did not."""
-    skipped: dict[str, str] = {}
-    for c in reversed(complete):
-        try:
-            why = ckpt.verify(c)
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            why = f"unreadable: {err}"
-        if why is None:
-            return c, skipped
-        logger.warning("skipping checkpoint %s: %s", c.location.uri, why)
-        skipped[c.location.uri] = why
-    return None, skipped
-
-
 def check_model(meta: dict[str, Any], model: torch.nn.Module, where: str) -> None:
     """The checkpoint holds this model's tensors, shape for shape; otherwise one clear line."""
-    from spotray.workload import model_shapes
-
     problem = shape_difference(meta, model_shapes(model))
     if problem:
         raise CheckpointMismatchError(f"checkpoint {where} {problem}: use another run name or --fresh")
@@ -164,49 +217,58 @@ def shape_difference(meta: dict[str, Any], shapes: dict[str, list[int]]) -> str 
     return "holds another model (" + "; ".join(parts) + ")" if parts else None
 
 
-def restore(
-    decision: Resume,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LambdaLR,
-    workload: Workload,
-    seed: int,
-    world: int,
-    rank: int,
-    device: torch.device,
-    group: Any,
-    cache: Path,
-) -> Progress:
-    """Load the chosen checkpoint (or seed a fresh start); returns where training stands.
-
-    A collective: every rank loads its part of the tensors over `group`, resharded when the
-    checkpoint was written by another world size or strategy. `cache` holds a local copy of
-    a checkpoint that is not on local storage."""
+def restore(checkpoint: ckpt.StoredCheckpoint, args: LoadArgs) -> Progress:
+    """Load `checkpoint`; returns where training stands. A collective: every rank loads its
+    part of the tensors over `args.group`, resharded when the checkpoint was written by
+    another world size or strategy. Each rank fetches (into `args.cache`, when storage is not
+    local) and checks only what it reads; ckpt.FileCheckError on every rank when any rank's
+    part fails.
+    """
     from spotray.runtime.optim import apply_current_lr
 
-    resume = decision.checkpoint
-    if resume is None:
-        seed_rank(seed, 0, rank)
-        return Progress()
-    check_model(resume.meta or {}, model, resume.location.uri)
-    peaks = [g["initial_lr"] for g in optimizer.param_groups]  # from the current config
-    folder = ckpt.local_folder(resume.location, cache)
-    state = torch.load(folder / tensors.TRAINER_FILE, map_location=device, weights_only=True)
-    tensors.restore_training_state(model, optimizer, folder, state["rest"], group)
-    scheduler.load_state_dict(state["scheduler"])
-    apply_current_lr(optimizer, scheduler, peaks)
-    workload.load_state_dict(state["workload"])
-    progress = Progress(**state["progress"])
-    if state["world_size"] == world:
-        ckpt.set_rng_state(ckpt.load_file(resume.location, ckpt.rng_file(rank)))
-    else:  # other ranks, other streams
-        seed_rank(seed, progress.step, rank)
-    if not decision.registered:
-        # Written whole but never registered by Ray (see spotray.runtime.checkpoint): register it
-        # in place, so Ray's retention and get_checkpoint() know it from now on.
-        ray.train.report(
-            {"step": progress.step, "loss": progress.loss},
-            checkpoint=Checkpoint(resume.location.path, filesystem=resume.location.fs),
-            checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
+    trainee = args.trainee
+    check_model(checkpoint.meta or {}, trainee.model, checkpoint.location.uri)
+    files = ckpt.CheckedFiles(checkpoint, args.cache)
+    try:
+        same_world = int((checkpoint.meta or {}).get("world_size", 0)) == args.world
+        # Before DCP: the files every rank reads whole. DCP's reader fetches the shards.
+        whole = [tensors.TRAINER_FILE, tensors.METADATA_FILE]
+        _agree(_problem(files, whole + ([ckpt.rng_file(args.rank)] if same_world else [])), args.group)
+        state = torch.load(files.get(tensors.TRAINER_FILE), map_location=args.device, weights_only=True)
+        peaks = [g["initial_lr"] for g in trainee.optimizer.param_groups]  # from the current config
+        tensors.restore_training_state(
+            trainee.model, trainee.optimizer, files.folder, state["rest"], args.group, files.get
         )
+        trainee.scheduler.load_state_dict(state["scheduler"])
+        apply_current_lr(trainee.optimizer, trainee.scheduler, peaks)
+        trainee.workload.load_state_dict(state["workload"])
+        progress = Progress(**state["progress"])
+        if same_world:
+            ckpt.set_rng_state(torch.load(files.get(ckpt.rng_file(args.rank)), weights_only=True))
+        else:  # other ranks, other streams
+            seed_rank(args.seed, progress.step, args.rank)
+    finally:
+        files.drop()
     return progress
+
+
+def _problem(files: ckpt.CheckedFiles, names: list[str]) -> str | None:
+    """Why one of `names` must not be loaded, or None (each fetched and checked)."""
+    try:
+        for name in names:
+            files.get(name)
+    except ckpt.FileCheckError as err:
+        return str(err)
+    return None
+
+
+def _agree(problem: str | None, group: Any) -> None:
+    """Raise ckpt.FileCheckError on every rank when any rank has a problem (the first
+    rank's, by rank)."""
+    problems = [problem]
+    if group is not None:
+        problems = [None] * dist.get_world_size(group)
+        dist.all_gather_object(problems, problem, group=group)
+    first = next((p for p in problems if p is not None), None)
+    if first is not None:
+        raise ckpt.FileCheckError(first)

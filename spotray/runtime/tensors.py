@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,9 @@ from torch.distributed.tensor import DTensor
 
 METADATA_FILE = ".metadata"
 TRAINER_FILE = "trainer.pt"  # rank 0: the non-tensor rest of the state, weights_only
+# Called before DCP reads a file: (name, the (offset, length) ranges to be read, or None for
+# all of it). spotray.runtime.checkpoint.CheckedFiles.get: fetch that part and check it.
+Fetch = Callable[[str, "list[tuple[int, int]] | None"], Any]
 _SEP = "/"  # joins a tensor's path in the nested state; parameter names hold dots, not slashes
 
 
@@ -110,12 +113,16 @@ def save(tensors: dict[str, torch.Tensor], folder: Path, group: Any) -> None:
         dcp.save(tensors, storage_writer=writer, process_group=group, no_dist=group is None)
 
 
-def load(tensors: dict[str, torch.Tensor], folder: Path, group: Any) -> None:
-    """Fill `tensors` in place from the checkpoint in `folder`, resharding as needed."""
+def load(tensors: dict[str, torch.Tensor], folder: Path, group: Any, fetch: Fetch | None = None) -> None:
+    """Fill `tensors` in place from the checkpoint in `folder`, resharding as needed.
+
+    `fetch`, when given, is called before DCP reads a file of `folder`, with the byte
+    ranges this rank's part of the load reads there, and for no other file. An error it
+    raises is raised as is on every rank."""
     with _plain_errors(folder):
         dcp.load(
             tensors,
-            storage_reader=_SafeReader(folder),
+            storage_reader=_SafeReader(folder, fetch),
             planner=_TensorsOnlyPlanner(),
             process_group=group,
             no_dist=group is None,
@@ -131,7 +138,12 @@ def _plain_errors(folder: Path) -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
             yield
+    except _FetchFailed as err:
+        raise err.error from None
     except CheckpointException as err:
+        fetching = [cause.error for cause, _ in err.failures.values() if isinstance(cause, _FetchFailed)]
+        if fetching:
+            raise fetching[0] from None
         rank, (cause, _) = next(iter(err.failures.items()))
         raise CheckpointDataError(f"{folder}: rank {rank}: {type(cause).__name__}: {cause}") from None
 
@@ -141,20 +153,25 @@ class CheckpointDataError(RuntimeError):
 
 
 def restore_training_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path, rest: Any, group: Any
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    folder: Path,
+    rest: Any,
+    group: Any,
+    fetch: Fetch | None = None,
 ) -> None:
-    """Load model and optimizer from the checkpoint in `folder`; `rest` is what `split` left
-    of the saved training state (from trainer.pt)."""
+    """Load model and optimizer from the checkpoint in `folder` (`fetch` as for `load`);
+    `rest` is what `split` left of the saved training state (from trainer.pt)."""
     tensors, _ = split(training_state(model, optimizer))
-    load(tensors, folder, group)
+    load(tensors, folder, group, fetch)
     state = merge(tensors, rest)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
-def load_model(model: torch.nn.Module, folder: Path) -> None:
+def load_model(model: torch.nn.Module, folder: Path, fetch: Fetch | None = None) -> None:
     """The model's weights alone, in this process, without a process group (the driver)."""
     tensors, _ = split({"model": model.state_dict()})
-    load(tensors, folder, None)
+    load(tensors, folder, None, fetch)
     model.load_state_dict({k.split(_SEP, 1)[1]: v for k, v in tensors.items()})
 
 
@@ -187,10 +204,43 @@ class _TensorsOnlyPlanner(DefaultLoadPlanner):
         raise ValueError(f"{read_item.dest_index.fqn}: the checkpoint holds pickled data, not a tensor")
 
 
+class _FetchFailed(BaseException):
+    """Carries `fetch`'s error through DCP to every rank: a BaseException, as DCP takes an
+    Exception from `read_metadata` for a missing index and tries another."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)  # the args pickle: DCP sends each rank's error to all
+        self.error = error
+
+
+def _fetched(fetch: Fetch, name: str, ranges: list[tuple[int, int]] | None = None) -> None:
+    try:
+        fetch(name, ranges)
+    except Exception as err:
+        raise _FetchFailed(err) from err
+
+
 class _SafeReader(dcp.FileSystemReader):
-    """Reads `.metadata` with an unpickler that builds DCP's metadata types and nothing else."""
+    """Reads `.metadata` with an unpickler that builds DCP's metadata types and nothing else,
+    and hands each file a read needs to `fetch` first."""
+
+    def __init__(self, path: Path, fetch: Fetch | None = None) -> None:
+        super().__init__(path)
+        self._fetch = fetch
+
+    def read_data(self, plan: Any, planner: Any) -> Any:
+        if self._fetch is not None:
+            ranges: dict[str, list[tuple[int, int]]] = {}
+            for item in plan.items:
+                stored = self.storage_data[item.storage_index]
+                ranges.setdefault(stored.relative_path, []).append((stored.offset, stored.length))
+            for name, parts in ranges.items():
+                _fetched(self._fetch, name, parts)
+        return super().read_data(plan, planner)
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        if self._fetch is not None:
+            _fetched(self._fetch, METADATA_FILE)
         path = Path(self.path) / METADATA_FILE
         with open(path, "rb") as f:
             metadata = _MetadataUnpickler(f).load()

@@ -51,7 +51,7 @@ def test_complete_checkpoint_is_found_with_its_metadata(tmp_path: Path) -> None:
     assert newest.meta["loss"] == 1.0 and newest.meta["write_seconds"] >= 0
     assert newest.meta["stall_seconds"] == 0.01
     assert ckpt.verify(newest) is None
-    state = ckpt.load_file(newest.location, tensors.TRAINER_FILE)
+    state = torch.load(ckpt.CheckedFiles(newest).get(tensors.TRAINER_FILE), weights_only=True)
     assert state["model"]["w"].tolist() == [20.0] * 4
 
 
