@@ -55,15 +55,20 @@ def test_announced_preemptions_lose_no_step_and_are_not_failures(reference, tmp_
     """One node, then two at once, with max_failures=0: preemptions have their own budget,
     also when the loop ends its group before the deadline (spotray.runtime.preemption).
 
-    Storage is slow (every checkpoint write takes 4 s longer) and the first notice comes
+    Storage is slow (every checkpoint write takes 6 s longer) and the first notice comes
     right after the step-40 write began: the loop finishes and commits that write, then
-    checkpoints the step it has reached, all before the deadline.
+    checkpoints the step it has reached, all before the deadline. Writes that slow make
+    the notice's own checkpoint the last one (spotray.runtime.preemption's guard exceeds
+    what is left of the lead), and the 22 s lead holds both writes also on a machine twice
+    as busy as an idle 2-core one, where the nodes that replace the preempted ones start on
+    the same cores. Steps take 0.35 s so that the run outlasts each lead.
     """
     # The config's own run exists (a copy of the reference's): chaos must leave it byte-identical.
     shutil.copytree(reference[0] / "runs" / "t", tmp_path / "runs" / "t")
     before = files_of(tmp_path / "runs" / "t")
     update = {"failure": {"max_failures": 0}}
-    report = chaos(tmp_path, update, "41:announced", "80:announced:2", lead_s=14.0, slow_storage_s=4.0)
+    events = ("41:announced", "60:announced:2")
+    report = chaos(tmp_path, update, *events, lead_s=22.0, slow_storage_s=6.0, slow_step_s=0.35)
     assert files_of(tmp_path / "runs" / "t") == before
     assert report["final_step"] == STEPS
     assert report["restarts"] == 2
