@@ -18,11 +18,11 @@ Files hold tensors and plain values only and load with `weights_only=True` (DCP'
 with an unpickler limited to its own types): a checkpoint is data, and whoever can write
 the bucket must not be able to run code at the next resume.
 
-A checkpoint counts only when `spotray.json` and every rank's manifest are present and every
-file listed has its listed size: a node killed in the middle of a write or upload leaves a
-folder that `scan` reports as torn and `latest` never returns. Each rank checks the files
-it loads against their checksums as it reads them (`CheckedFiles`): a flipped byte skips
-that checkpoint for the one before it.
+A checkpoint counts only when `spotray.json` and every rank's manifest are present, each
+manifest gives every file a size and a checksum, and every file listed has its listed size:
+a node killed in the middle of a write or upload leaves a folder that `scan` reports as torn
+and `latest` never returns. Each rank checks the files it loads against their checksums as
+it reads them (`CheckedFiles`): a flipped byte skips that checkpoint for the one before it.
 
 Why storage, not only `ray.train.get_checkpoint()`: Ray registers a checkpoint when its
 controller polls the workers' reports (every `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`: 2 s by
@@ -44,6 +44,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,7 +253,7 @@ class CheckpointWriter:
                         meta, write_seconds=round(pending.write_s, 4), stall_seconds=round(stall_s, 4)
                     )
                     (folder / META_FILE).write_text(json.dumps(body, indent=2))
-                listing = {p.name: _listed(p) for p in folder.iterdir()}
+                listing = {p.name: FileEntry.of(p).to_json() for p in folder.iterdir()}
                 # The manifest is written last: its presence says this rank's files are whole.
                 (folder / manifest_file(self.rank)).write_text(json.dumps(listing))
             except BaseException as err:  # handed to the training thread in wait()
@@ -294,20 +295,6 @@ class CheckpointWriter:
         return pending
 
 
-def _listed(path: Path) -> dict[str, Any]:
-    """A file's manifest entry: size, SHA-256, and for a DCP shard each BLOCK's SHA-256."""
-    whole = hashlib.sha256()
-    blocks = []
-    with open(path, "rb") as f:
-        while chunk := f.read(BLOCK):
-            whole.update(chunk)
-            blocks.append(hashlib.sha256(chunk).hexdigest())
-    entry: dict[str, Any] = {"size": path.stat().st_size, "sha256": whole.hexdigest()}
-    if path.suffix == ".distcp":
-        entry.update(block=BLOCK, blocks=blocks)
-    return entry
-
-
 def _sha256(stream: Any, copy: Path | None = None) -> str:
     """SHA-256 of a binary stream (a pyarrow input stream), read in 4 MB; written to
     `copy` on the way when given."""
@@ -326,6 +313,51 @@ def _sha256(stream: Any, copy: Path | None = None) -> str:
 
 
 @dataclass(frozen=True)
+class FileEntry:
+    """A file as its rank's manifest lists it: what `CheckedFiles` checks it against."""
+
+    size: int
+    sha256: str
+    block: int | None = None  # a DCP shard: the size of the blocks `blocks` has the SHA-256s of
+    blocks: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, path: Path) -> FileEntry:
+        """A written file's entry; for a DCP shard with each BLOCK's SHA-256."""
+        whole = hashlib.sha256()
+        blocks = []
+        with open(path, "rb") as f:
+            while chunk := f.read(BLOCK):
+                whole.update(chunk)
+                blocks.append(hashlib.sha256(chunk).hexdigest())
+        if path.suffix != ".distcp":
+            return cls(path.stat().st_size, whole.hexdigest())
+        return cls(path.stat().st_size, whole.hexdigest(), BLOCK, tuple(blocks))
+
+    @classmethod
+    def parse(cls, raw: Any) -> FileEntry:
+        """An entry read from a manifest; ValueError when a field is missing or wrong."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"an entry is {type(raw).__name__}, not an object")
+        size, sha256, block, blocks = (raw.get(k) for k in ("size", "sha256", "block", "blocks"))
+        if not isinstance(size, int) or size < 0 or not isinstance(sha256, str):
+            raise ValueError(f"an entry lacks a size or a sha256: {sorted(raw)}")
+        if block is None and blocks is None:  # (manifests written before blocks, and non-shards)
+            return cls(size, sha256)
+        if not isinstance(block, int) or block <= 0 or not isinstance(blocks, list):
+            raise ValueError("an entry's block or blocks is not what it should be")
+        if len(blocks) != -(-size // block) or not all(isinstance(b, str) for b in blocks):
+            raise ValueError(f"an entry of {size} bytes lists {len(blocks)} blocks of {block}")
+        return cls(size, sha256, block, tuple(blocks))
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"size": self.size, "sha256": self.sha256}
+        if self.block is not None:
+            body.update(block=self.block, blocks=list(self.blocks))
+        return body
+
+
+@dataclass(frozen=True)
 class StoredCheckpoint:
     """A checkpoint folder in the run's storage, and whether it is whole."""
 
@@ -334,6 +366,8 @@ class StoredCheckpoint:
     meta: dict[str, Any] | None  # spotray.json, when it could be read
     problem: str | None  # why it does not count; None for a complete checkpoint
     unreadable: bool = False  # a read failed (an S3 hiccup, say): maybe whole, never deleted
+    # Every rank's manifest merged, read once here (complete checkpoints only)
+    files: Mapping[str, FileEntry] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def complete(self) -> bool:
@@ -358,21 +392,30 @@ def inspect(location: Location, step: int) -> StoredCheckpoint:
         version = meta.get("format")
         if isinstance(version, int) and version < FORMAT_VERSION:  # refused, with the reason, on load
             return StoredCheckpoint(location, step, meta, None)
+        files: dict[str, FileEntry] = {}
         for rank in range(int(meta["world_size"])):
             reading = manifest_file(rank)
             if reading not in sizes:
                 return StoredCheckpoint(location, step, meta, f"no {reading}")
-            for name, listed in _read_json(fs, f"{location.path}/{reading}").items():
-                if sizes.get(name) != listed["size"]:
+            for name, entry in _read_manifest(fs, f"{location.path}/{reading}").items():
+                if sizes.get(name) != entry.size:
                     got = sizes.get(name, "missing")
                     return StoredCheckpoint(
-                        location, step, meta, f"{name}: {got} bytes, expected {listed['size']}"
+                        location, step, meta, f"{name}: {got} bytes, expected {entry.size}"
                     )
+                files[name] = entry
     except OSError as err:
         return StoredCheckpoint(location, step, None, f"{reading} unreadable: {err}", unreadable=True)
     except (ValueError, KeyError, TypeError) as err:
         return StoredCheckpoint(location, step, None, f"{reading} unreadable: {err}")
-    return StoredCheckpoint(location, step, meta, None)
+    return StoredCheckpoint(location, step, meta, None, files=files)
+
+
+def _read_manifest(fs: pafs.FileSystem, path: str) -> dict[str, FileEntry]:
+    body = _read_json(fs, path)
+    if not isinstance(body, dict):
+        raise ValueError(f"a manifest is {type(body).__name__}, not an object")
+    return {name: FileEntry.parse(raw) for name, raw in body.items()}
 
 
 def scan(run: Location) -> list[StoredCheckpoint]:
@@ -421,26 +464,25 @@ class CheckedFiles:
         if self._cache is not None:
             shutil.rmtree(self._cache, ignore_errors=True)
             self._cache.mkdir(parents=True)
-        self._world = int((checkpoint.meta or {}).get("world_size", 0))
-        self._listed: dict[str, dict[str, Any]] | None = None
+        self._files = checkpoint.files
         self._checked: dict[str, set[int] | None] = {}  # name -> blocks checked; None: all of it
         self.fetched_bytes = 0  # read from storage
 
     def get(self, name: str, ranges: list[tuple[int, int]] | None = None) -> Path:
         """The local path of file `name`, with the part to be read checked: all of it, or
         the blocks that cover `ranges` ((offset, length) pairs). Raises FileCheckError."""
-        listed = self._manifests().get(name)
+        listed = self._files.get(name)
         if listed is None:
             raise FileCheckError(f"{name} is not in the checkpoint's manifests")
         done = self._checked.setdefault(name, set())
         if done is None:
             return self.folder / name
         try:
-            if ranges is None or "blocks" not in listed:  # (manifests written before blocks)
+            if ranges is None or listed.block is None:  # (manifests written before blocks)
                 self._check_whole(name, listed)
                 self._checked[name] = None
             else:
-                size = listed["block"]
+                size = listed.block
                 wanted = {b for offset, length in ranges for b in _blocks(offset, length, size)}
                 self._check_blocks(name, listed, sorted(wanted - done))
                 done |= wanted
@@ -450,49 +492,39 @@ class CheckedFiles:
 
     def names(self) -> list[str]:
         """Every file the manifests list."""
-        return list(self._manifests())
+        return list(self._files)
 
     def drop(self) -> None:
         """Delete the fetched copies (once loaded, they are in memory)."""
         if self._cache is not None:
             shutil.rmtree(self._cache, ignore_errors=True)
 
-    def _manifests(self) -> dict[str, dict[str, Any]]:
-        if self._listed is None:
-            listed: dict[str, dict[str, Any]] = {}
-            for rank in range(self._world):
-                try:
-                    listed.update(_read_json(self.location.fs, f"{self.location.path}/{manifest_file(rank)}"))
-                except (OSError, ValueError) as err:
-                    raise FileCheckError(f"{manifest_file(rank)} unreadable: {err}") from err
-            self._listed = listed
-        return self._listed
-
-    def _check_whole(self, name: str, listed: dict[str, Any]) -> None:
+    def _check_whole(self, name: str, listed: FileEntry) -> None:
         copy = None if self._cache is None else self._cache / name
         with self.location.fs.open_input_stream(f"{self.location.path}/{name}") as source:
             digest = _sha256(source, copy)
-        self.fetched_bytes += listed["size"]
-        if digest != listed["sha256"]:
+        self.fetched_bytes += listed.size
+        if digest != listed.sha256:
             raise FileCheckError(f"{name} does not match its checksum")
 
-    def _check_blocks(self, name: str, listed: dict[str, Any], blocks: list[int]) -> None:
+    def _check_blocks(self, name: str, listed: FileEntry, blocks: list[int]) -> None:
         """Read `blocks` (sorted), runs of adjacent ones in one request each; check each."""
         copy = None
         if self._cache is not None:
             copy = self._cache / name
             if not copy.exists():
                 with open(copy, "wb") as f:
-                    f.truncate(listed["size"])  # sparse: only fetched blocks take disk
-        size = listed["block"]
+                    f.truncate(listed.size)  # sparse: only fetched blocks take disk
+        size = listed.block
+        assert size is not None  # get() reads a file without blocks whole
         with self.location.fs.open_input_file(f"{self.location.path}/{name}") as source:
             for first, last in _runs(blocks):
                 start = first * size
-                data = source.read_at(min((last + 1) * size, listed["size"]) - start, start)
+                data = source.read_at(min((last + 1) * size, listed.size) - start, start)
                 self.fetched_bytes += len(data)
                 for b in range(first, last + 1):
                     part = data[(b - first) * size : (b - first + 1) * size]
-                    if hashlib.sha256(part).hexdigest() != listed["blocks"][b]:
+                    if hashlib.sha256(part).hexdigest() != listed.blocks[b]:
                         raise FileCheckError(f"{name} does not match its checksum")
                 if copy is not None:
                     with open(copy, "r+b") as f:

@@ -55,6 +55,13 @@ def test_complete_checkpoint_is_found_with_its_metadata(tmp_path: Path) -> None:
     assert state["model"]["w"].tolist() == [20.0] * 4
 
 
+def edit_manifest(folder: Path, change) -> None:
+    """Rewrite rank 1's manifest with `change` applied to it."""
+    manifest = json.loads((folder / ckpt.manifest_file(1)).read_text())
+    change(manifest)
+    (folder / ckpt.manifest_file(1)).write_text(json.dumps(manifest))
+
+
 @pytest.mark.parametrize(
     "damage,problem",
     [
@@ -63,8 +70,18 @@ def test_complete_checkpoint_is_found_with_its_metadata(tmp_path: Path) -> None:
         (lambda d: (d / ckpt.rng_file(1)).unlink(), "rng-rank1.pt: missing"),
         (lambda d: os.truncate(d / tensors.TRAINER_FILE, 10), "trainer.pt: 10 bytes"),
         (lambda d: (d / ckpt.META_FILE).write_text("{"), "spotray.json"),
+        (lambda d: edit_manifest(d, lambda m: m[ckpt.rng_file(1)].pop("sha256")), "manifest-rank1.json"),
+        (lambda d: (d / ckpt.manifest_file(1)).write_text("[]"), "manifest-rank1.json"),
     ],
-    ids=["rank 1 never uploaded", "no metadata", "file missing", "file cut short", "metadata garbled"],
+    ids=[
+        "rank 1 never uploaded",
+        "no metadata",
+        "file missing",
+        "file cut short",
+        "metadata garbled",
+        "an entry without its checksum",
+        "a manifest that lists nothing",
+    ],
 )
 def test_torn_checkpoint_is_never_the_latest(tmp_path: Path, damage, problem: str) -> None:
     write(tmp_path, 10)
