@@ -447,6 +447,7 @@ class ChaosOptions:
     report_path: Path | None = None  # the report as JSON, too
     recovery: str = "spotray"  # a name in RECOVERIES; "ray": no watchers, Ray's defaults
     slow_storage_s: float = 0.0  # extra seconds per checkpoint write
+    slow_upload_s: float = 0.0  # extra seconds per upload of a rank's checkpoint to storage
     slow_step_s: float = 0.0  # the least a step takes at max_workers
     # At an announced kill: a plain script's SIGTERM handler asks for a checkpoint this many
     # seconds before the node goes (see run_chaos); 0: none.
@@ -484,6 +485,8 @@ def run_chaos(cfg: Any, options: ChaosOptions, console: Any) -> list[EventReport
     # The nodes' workers inherit these from the raylets started below.
     if options.slow_storage_s:
         os.environ[checkpoint.SLOW_WRITE_ENV] = str(options.slow_storage_s)
+    if options.slow_upload_s:
+        os.environ[checkpoint.SLOW_UPLOAD_ENV] = str(options.slow_upload_s)
     if options.slow_step_s:
         os.environ[checkpoint.SLOW_STEP_ENV] = str(options.slow_step_s)
     cluster = LocalSpotCluster(

@@ -127,6 +127,16 @@ def chaos(
             "so that notices arrive while a checkpoint is being written.",
         ),
     ] = 0.0,
+    slow_upload: Annotated[
+        float,
+        typer.Option(
+            "--slow-upload-s",
+            min=0.0,
+            help="Make every upload of a checkpoint to the run's storage take this many seconds "
+            "longer (a slow bucket): the last checkpoint before a notice's deadline must be "
+            "started early enough to be uploaded in time.",
+        ),
+    ] = 0.0,
     slow_step: Annotated[
         float,
         typer.Option(
@@ -182,6 +192,7 @@ def chaos(
             report_path=report,
             recovery="ray" if ray_alone else "spotray",
             slow_storage_s=slow_storage,
+            slow_upload_s=slow_upload,
             slow_step_s=slow_step,
             sigterm_grace_s=sigterm_grace,
             quiet=not debug_on(),

@@ -77,6 +77,9 @@ RAY_RUN_FILES = (RAY_SNAPSHOT, ".validate_storage_marker")
 # Fault injection (`spotray chaos --slow-storage-s`): every write takes this much longer, its
 # manifest held back meanwhile, as on a slow disk. Lets a test land a notice mid-write.
 SLOW_WRITE_ENV = "SPOTRAY_FAULT_SLOW_WRITE_S"
+# Fault injection (`spotray chaos --slow-upload-s`): every upload of a checkpoint to the run's
+# storage takes this much longer, as to a slow bucket.
+SLOW_UPLOAD_ENV = "SPOTRAY_FAULT_SLOW_UPLOAD_S"
 # Fault injection (`spotray chaos --slow-step-s`): every step takes at least this long on the
 # job's full size (max_workers/world times it on fewer), as with a bigger model, so that
 # capacity changes land while a short test run still trains.
@@ -559,19 +562,6 @@ def verify(checkpoint: StoredCheckpoint) -> str | None:
     except FileCheckError as err:
         return str(err)
     return None
-
-
-def upload(folder: Path, destination: Location) -> None:
-    """Copy a rank's staged part into its checkpoint folder in storage, then drop the staging
-    copy; for the one case Ray Train's upload is not used (spotray.runtime.resume.Resume)."""
-    destination.fs.create_dir(destination.path, recursive=True)
-    pafs.copy_files(
-        str(folder),
-        destination.path,
-        source_filesystem=pafs.LocalFileSystem(),
-        destination_filesystem=destination.fs,
-    )
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def delete(location: Location) -> list[str]:

@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from hashlib import sha256
@@ -35,7 +37,7 @@ from ray.train import Checkpoint, CheckpointUploadMode
 
 from spotray.config import JobConfig
 from spotray.elastic.interval import Observation, policy_for
-from spotray.ray_compat.train import quiet_expected_errors, signalled_preemption
+from spotray.ray_compat.train import persist_checkpoint, quiet_expected_errors, signalled_preemption
 from spotray.ray_compat.workers import current_runtime_env
 from spotray.runtime import checkpoint as ckpt
 from spotray.runtime import messages as msg
@@ -157,7 +159,8 @@ class Worker:
         self.failures, self.exposure_s = _failures(args.hub)
         self.next_due = self.progress.step + self.policy.next_interval(None)
         self.step_s = 0.0  # seconds a step lately (a moving average)
-        self.last_stall, self.last_commit, self.last_push, self.last_poll = 0.0, 0.0, 0.0, 0.0
+        self.last_stall, self.last_write, self.last_push, self.last_poll = 0.0, 0.0, 0.0, 0.0
+        self.uploads = Uploads()
         self.snapshot_wait = 0.0  # the training thread's waits for snapshots since the last checkpoint
         self.plan = preemption.PreemptionPlan()
         self.born = preload.joined_at(psutil.Process().create_time())  # the restart began about then
@@ -263,7 +266,7 @@ class Worker:
             self.request_seen = now
             self.answering = request.time
         vote_due = rank == 0 and (step >= self.next_due or step == self.args.stop_step)
-        vote_final = rank == 0 and self.plan.wants_final(now * 1000, self.step_s, self.last_commit)
+        vote_final = rank == 0 and self.plan.wants_final(now * 1000, self.step_s, self.commit_s())
         if timed:
             self.last_poll = now
         # Any rank whose Ray Train worker already holds a drain signal asks for the poll at
@@ -375,7 +378,7 @@ class Worker:
         obs = Observation(
             step_s=self.step_s,
             stall_s=self.last_stall,
-            commit_s=self.last_commit,
+            commit_s=self.last_write + self.uploads.last_s,
             failures=self.failures,
             node_seconds=self.exposure_s + self.nodes * (time.perf_counter() - self.attempt_start),
             nodes=self.nodes,
@@ -390,24 +393,28 @@ class Worker:
         plan = self.plan
         if not (plan.noticed and not plan.final_saved and self.args.hand_over):
             return
-        late = plan.wants_final(time.time() * 1000, self.step_s, self.last_commit)
+        late = plan.wants_final(time.time() * 1000, self.step_s, self.commit_s())
         room = self.rank == 0 and late and _room_without_draining(self.world, self.cfg.scaling)
         plan.final_saved = _rank0_says(room, self.device, self.distributed)
 
     def commit(self, pending: ckpt.PendingCheckpoint) -> None:
         """Hand a written checkpoint to Ray Train (its ASYNC upload) and tell the driver."""
         run = self.args.run
+        staged = Checkpoint.from_directory(str(pending.folder))
+        self.uploads.queued()
         if pending.folder.name in self.decision.ray_lists:  # see Resume.ray_lists: upload it here
-            ckpt.upload(pending.folder, run.join(pending.folder.name))
+            self.uploads.upload(staged, pending.folder.name)
+            shutil.rmtree(pending.folder, ignore_errors=True)
             ray.train.report(pending.metrics)
         else:
             ray.train.report(
                 pending.metrics,
-                checkpoint=Checkpoint.from_directory(str(pending.folder)),
+                checkpoint=staged,
                 checkpoint_dir_name=pending.folder.name,
                 checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+                checkpoint_upload_fn=self.uploads.upload,
             )
-        self.last_commit = pending.write_s
+        self.last_write = pending.write_s
         self.tell(
             msg.Checkpointed(
                 step=pending.step,
@@ -417,6 +424,11 @@ class Worker:
                 evaluation=pending.evaluation,
             )
         )
+
+    def commit_s(self) -> float:
+        """Seconds from starting a checkpoint now to its being in storage: a checkpoint is
+        safe from a preemption only then, and on S3 the upload can take longer than the write."""
+        return self.last_write + self.uploads.seconds_to_store()
 
     def _push(self, step: int, loss: float, dt: float) -> None:
         """The driver's progress line, every `progress_every_s` and at the last step."""
@@ -447,6 +459,42 @@ class Worker:
         if self.rank == 0 and self.args.hand_over:
             _hand_over(self.plan, self.args.run, step, self.world, self.cfg.scaling, self.tell)
         _hold(hold_until, step)
+
+
+class Uploads:
+    """Ray Train's uploads of this rank's checkpoints (its ASYNC mode, one at a time on its
+    own thread), timed: how long until a checkpoint handed over now would be in storage."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.last_s = 0.0  # the newest finished upload's seconds
+        self._waiting = 0  # handed over, not yet in storage (the one uploading included)
+        self._since: float | None = None  # when the one uploading began
+
+    def queued(self) -> None:
+        with self._lock:
+            self._waiting += 1
+
+    def upload(self, checkpoint: Checkpoint, dir_name: str) -> Checkpoint:
+        """Ray Train's own upload (`checkpoint_upload_fn`: it runs on Ray's upload thread)."""
+        started = time.perf_counter()
+        with self._lock:
+            self._since = started
+        try:
+            time.sleep(float(os.environ.get(ckpt.SLOW_UPLOAD_ENV) or 0))
+            return persist_checkpoint(checkpoint, dir_name)
+        finally:
+            with self._lock:
+                self.last_s = time.perf_counter() - started
+                self._since, self._waiting = None, self._waiting - 1
+
+    def seconds_to_store(self) -> float:
+        """The uploads still ahead of a new checkpoint, then its own; each as long as the
+        newest finished one, or as the one under way has taken so far, if longer."""
+        with self._lock:
+            running_s = 0.0 if self._since is None else time.perf_counter() - self._since
+            each = max(self.last_s, running_s)
+            return max(0.0, self._waiting * each - running_s) + each
 
 
 def pin_threads() -> None:

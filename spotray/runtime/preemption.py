@@ -17,7 +17,8 @@ AWS's two-minute notice), the loop:
    Without that room it holds until Ray Train ends the group at the deadline.
 
 The guard covers what must happen before the deadline: noticing the time (one poll), the
-step under way, and writing the checkpoint, with a factor of two for noise.
+step under way, writing the checkpoint, and the uploads to storage still ahead of it and its
+own (as the last ones measured), with a factor of two for noise.
 """
 
 from __future__ import annotations
@@ -66,14 +67,14 @@ class PreemptionPlan:
         return news
 
     @staticmethod
-    def guard_s(step_s: float, write_s: float) -> float:
-        return max(MIN_GUARD_S, 2.0 * (POLL_S + step_s + write_s))
+    def guard_s(step_s: float, commit_s: float) -> float:
+        return max(MIN_GUARD_S, 2.0 * (POLL_S + step_s + commit_s))
 
-    def wants_final(self, now_ms: float, step_s: float, write_s: float) -> bool:
+    def wants_final(self, now_ms: float, step_s: float, commit_s: float) -> bool:
         """True once, when the last checkpoint before the deadline is due."""
         if not self.noticed or self.final_saved or not self.deadline_ms:
             return False
-        return now_ms >= self.deadline_ms - self.guard_s(step_s, write_s) * 1000
+        return now_ms >= self.deadline_ms - self.guard_s(step_s, commit_s) * 1000
 
     def holding_until_ms(self) -> float | None:
         """After the last checkpoint: hold until this time (then train on), else None."""

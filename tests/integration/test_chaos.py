@@ -23,13 +23,15 @@ pytestmark = pytest.mark.integration
 def chaos(
     tmp_path: Path, update: dict, *events: str, nodes: int = 3, replace: bool = True, **slow: float
 ) -> dict:
-    """`spotray chaos`; `slow`: lead_s, slow_storage_s, slow_step_s."""
+    """`spotray chaos`; `slow`: lead_s, slow_storage_s, slow_upload_s, slow_step_s."""
     config = write_config(tmp_path, update)
     args = ["chaos", str(config), "--nodes", str(nodes), "--report", "report.json"]
     args += ["--replace" if replace else "--no-replace", "--lead-s", str(slow.get("lead_s", 6.0))]
     args += [
         "--slow-storage-s",
         str(slow.get("slow_storage_s", 0)),
+        "--slow-upload-s",
+        str(slow.get("slow_upload_s", 0)),
         "--slow-step-s",
         str(slow.get("slow_step_s", 0)),
     ]
@@ -104,6 +106,24 @@ def test_announced_preemptions_lose_no_step_and_are_not_failures(reference, tmp_
         assert [e.kind for e in events].count("start") == 3
         assert {e.step for e in events if e.kind == "checkpoint"} >= {first["resumed_step"], STEPS}
         assert [action for _, action, _, _ in ledger.notices()] == ["terminate"] * 3
+
+
+def test_the_last_checkpoint_before_a_deadline_leaves_time_for_its_upload(reference, tmp_path: Path) -> None:
+    """Writes are quick but every upload to storage takes 5 s (a slow bucket), one at a time,
+    and the notice leaves 20 s. A guard of a poll, a step and a write would take the last
+    checkpoint 3 s before the deadline, whose upload ends 2 s after it: the steps since the
+    one before are lost. Counting the uploads still ahead and its own, the notice's own
+    checkpoint is the last one, in storage and handed over well before the deadline."""
+    report = chaos(tmp_path, {}, "30:announced", lead_s=20.0, slow_upload_s=5.0, slow_step_s=0.3)
+    assert report["final_step"] == STEPS
+    (event,) = report["events"]
+    assert event["step_at_notice"] is not None
+    assert event["steps_lost"] == 0, event
+    assert event["resumed_step"] == event["checkpoint_before_kill"] >= event["step_at_notice"]
+    handovers = [e for e in report["hub_events"] if e["kind"] == "handover"]
+    assert handovers and handovers[0]["step"] == event["resumed_step"], handovers
+    assert event["notice_served"] < handovers[0]["time"] < event["kill_time"], (event, handovers)
+    assert_bit_identical(final_state(tmp_path, run="t-chaos"), final_state(reference[0]))
 
 
 # Global batch 24 in micro-batches of 4: every world size of 1..3 workers cuts it into the

@@ -20,7 +20,7 @@ def test_notice_checkpoints_once_then_final_checkpoint_then_hold() -> None:
     assert not plan.notice(None)
     assert plan.notice(info())  # news: checkpoint now
     assert not plan.notice(info())  # the same notice at the next poll
-    guard_ms = PreemptionPlan.guard_s(step_s=0.5, write_s=0.2) * 1000
+    guard_ms = PreemptionPlan.guard_s(step_s=0.5, commit_s=0.2) * 1000
     assert not plan.wants_final(DEADLINE - guard_ms - 1, 0.5, 0.2)  # still time to train
     assert plan.wants_final(DEADLINE - guard_ms, 0.5, 0.2)
     assert plan.holding_until_ms() is None

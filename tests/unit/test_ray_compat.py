@@ -166,3 +166,15 @@ def test_a_workers_own_preemption_signal_is_where_the_seam_reads_it() -> None:
     uses(RayTrainWorker.mark_preempt, "preemption_context.preemption_info = info", TRAIN)
     has(context.PreemptionContext, "preemption_info", TRAIN)
     assert train.signalled_preemption() is None  # outside a worker: no context, no signal
+
+
+def test_the_upload_the_loop_times_is_the_one_report_runs_without_an_upload_function() -> None:
+    from ray.train.v2._internal.execution.context import TrainContext
+    from ray.train.v2._internal.execution.storage import StorageContext
+    from ray.train.v2.api.context import TrainContext as PublicContext
+
+    has(PublicContext, "get_storage", TRAIN)
+    persist = has(StorageContext, "persist_current_checkpoint", TRAIN)
+    assert list(inspect.signature(persist).parameters) == ["self", "checkpoint", "checkpoint_dir_name"], TRAIN
+    uses(TrainContext._upload_checkpoint, "self.storage_context.persist_current_checkpoint(", TRAIN)
+    uses(TrainContext._upload_checkpoint, "checkpoint_upload_fn(", TRAIN)
