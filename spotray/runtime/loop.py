@@ -256,8 +256,8 @@ class Worker:
 
     def _agree(self, step: int, loss_sum: torch.Tensor) -> Agreed:
         """One all-reduce carries the loss and every decision that must be unanimous; rank 0
-        votes on timing, any rank on a drain signal its worker holds, so that all ranks act
-        at the same step."""
+        votes on the checkpoint schedule, any rank on a drain signal its worker holds and on
+        the last checkpoint before a deadline, so that all ranks act at the same step."""
         rank, now = self.rank, time.time()
         timed = rank == 0 and preemption.poll_due(now - self.last_poll, self.step_s)
         request = _checkpoint_request() if timed else None
@@ -266,7 +266,8 @@ class Worker:
             self.request_seen = now
             self.answering = request.time
         vote_due = rank == 0 and (step >= self.next_due or step == self.args.stop_step)
-        vote_final = rank == 0 and self.plan.wants_final(now * 1000, self.step_s, self.commit_s())
+        # Every rank: each uploads its own part of a checkpoint, timed on its own (`Uploads`).
+        vote_final = self.plan.wants_final(now * 1000, self.step_s, self.commit_s())
         if timed:
             self.last_poll = now
         # Any rank whose Ray Train worker already holds a drain signal asks for the poll at
@@ -394,8 +395,11 @@ class Worker:
         if not (plan.noticed and not plan.final_saved and self.args.hand_over):
             return
         late = plan.wants_final(time.time() * 1000, self.step_s, self.commit_s())
-        room = self.rank == 0 and late and _room_without_draining(self.world, self.cfg.scaling)
-        plan.final_saved = _rank0_says(room, self.device, self.distributed)
+        room = self.rank == 0 and _room_without_draining(self.world, self.cfg.scaling)
+        votes = torch.tensor([float(late), float(room)], device=self.device)
+        if self.distributed:
+            dist.all_reduce(votes)
+        plan.final_saved = bool(votes[0].item() > 0 and votes[1].item() > 0)  # any rank late
 
     def commit(self, pending: ckpt.PendingCheckpoint) -> None:
         """Hand a written checkpoint to Ray Train (its ASYNC upload) and tell the driver."""
@@ -560,14 +564,6 @@ def _hold(until_ms: float, step: int) -> None:
     logger.warning(
         "the preempted node is still here %.0f s past its deadline: training on", preemption.HOLD_GRACE_S
     )
-
-
-def _rank0_says(vote: bool, device: Any, distributed: bool) -> bool:
-    """Rank 0's `vote`, on every rank (a collective)."""
-    said = torch.tensor(float(vote), device=device)
-    if distributed:
-        dist.all_reduce(said)
-    return said.item() > 0
 
 
 def _room_without_draining(world: int, scaling: Any) -> bool:
