@@ -60,10 +60,10 @@ def test_announced_preemptions_lose_no_step_and_are_not_failures(reference, tmp_
     Storage is slow (every checkpoint write takes 6 s longer) and the first notice comes
     right after the step-40 write began: the loop finishes and commits that write, then
     checkpoints the step it has reached, all before the deadline. Writes that slow make
-    the notice's own checkpoint the last one (spotray.runtime.preemption's guard exceeds
-    what is left of the lead), and the 22 s lead holds both writes also on a machine twice
-    as busy as an idle 2-core one, where the nodes that replace the preempted ones start on
-    the same cores. Steps take 0.35 s so that the run outlasts each lead.
+    that checkpoint the last one (spotray.runtime.preemption's guard exceeds what is left
+    of the lead), and the 22 s lead holds both writes also on a machine twice as busy as an
+    idle 2-core one, where the nodes that replace the preempted ones start on the same
+    cores. Steps take 0.35 s so that the run outlasts each lead.
     """
     # The config's own run exists (a copy of the reference's): chaos must leave it byte-identical.
     shutil.copytree(reference[0] / "runs" / "t", tmp_path / "runs" / "t")
@@ -112,8 +112,8 @@ def test_the_last_checkpoint_before_a_deadline_leaves_time_for_its_upload(refere
     """Writes are quick but every upload to storage takes 5 s (a slow bucket), one at a time,
     and the notice leaves 20 s. A guard of a poll, a step and a write would take the last
     checkpoint 3 s before the deadline, whose upload ends 2 s after it: the steps since the
-    one before are lost. Counting the uploads still ahead and its own, the notice's own
-    checkpoint is the last one, in storage and handed over well before the deadline."""
+    one before are lost. Counting the uploads still ahead and its own, the last checkpoint is
+    taken at once after the notice, and is in storage and handed over before the deadline."""
     report = chaos(tmp_path, {}, "30:announced", lead_s=20.0, slow_upload_s=5.0, slow_step_s=0.3)
     assert report["final_step"] == STEPS
     (event,) = report["events"]
