@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import subprocess
@@ -84,8 +83,7 @@ def stage_newer_checkpoint(source: Path, staging: Path, step: int, padding_bytes
     torch.save(torch.zeros(padding_bytes // 4, dtype=torch.float32), folder / PADDING)
     manifest = json.loads((folder / ckpt.manifest_file(0)).read_text())
     for name in (ckpt.META_FILE, PADDING):
-        body = (folder / name).read_bytes()
-        manifest[name] = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+        manifest[name] = ckpt.FileEntry.of(folder / name).to_json()
     (folder / ckpt.manifest_file(0)).write_text(json.dumps(manifest))
     return folder
 
