@@ -23,7 +23,7 @@ spotray fixes the two stale views where they live, with settings and APIs Ray of
   the nodes that exist.
 - `FreshElasticPolicy`, Ray's elastic policy with three changes. Each time it reads the
   cluster (every decision while the job waits, every controller poll while it runs) the
-  coordinator recomputes first, at most every second (the controller's poll), so that
+  coordinator recomputes first, at most once a second (`FRESH_EVERY_S`), so that
   nodes coming back are seen within seconds, not at the coordinator's next 20 s tick. A
   running job weighs growth as soon as the cluster holds more workers than at its last
   look, not only at Ray's resize check (`resize_check_s`, 60 s by default: a node that
