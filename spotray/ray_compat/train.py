@@ -150,9 +150,9 @@ def persist_checkpoint(checkpoint: Any, dir_name: str) -> Any:
 
 def signalled_preemption() -> Any:
     """The `PreemptionInfo` Ray Train's drain watcher gave this worker (None: none yet), read
-    where it lies rather than through `ray.train.get_preemption_info()`, which is a
-    collective and so is called only at agreed steps: the loop reads this at every step and
-    calls the collective as soon as any rank has one. Private: the train context's
+    where it lies rather than through `ray.train.get_preemption_info()`, a collective through
+    the synchronization actor: the loop reads this at every step and agrees on it over its
+    own process group (`runtime.loop.agreed_preemption`). Private: the train context's
     `preemption_context`, which `RayTrainWorker.mark_preempt` sets. Public replacement: none."""
     from ray.train.v2._internal.execution.context import get_train_context
 

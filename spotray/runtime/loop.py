@@ -270,9 +270,9 @@ class Worker:
         vote_final = self.plan.wants_final(now * 1000, self.step_s, self.commit_s())
         if timed:
             self.last_poll = now
-        # Any rank whose Ray Train worker already holds a drain signal asks for the poll at
-        # this step, not at rank 0's next timed one (up to POLL_S later, of a 2-minute lead).
-        vote_poll = timed or self.plan.is_news(signalled_preemption())
+        # Any rank whose Ray Train worker holds a drain signal this plan has not taken in
+        # asks for it to be agreed at this step (`agreed_preemption` reads the same copies).
+        vote_poll = self.plan.is_news(signalled_preemption())
         ready = float(self.writer.pending is None or self.writer.pending.done())
         stats = torch.tensor(
             [0.0, ready, vote_due, vote_poll, vote_final, requested], dtype=torch.float64, device=self.device
@@ -285,7 +285,7 @@ class Worker:
         # growth, a move back to spot) waits on it, and every step after it is redone.
         urgent = final or asked
         if poll:
-            info = ray.train.get_preemption_info()  # a collective: every rank asks at this step
+            info = agreed_preemption(self.distributed)  # a collective: every rank asks at this step
             if self.plan.notice(info):
                 urgent = True
                 pending = self.writer.pending
@@ -520,6 +520,23 @@ def worker_nodes(group: Any) -> tuple[list[str], list[bool]]:
         ranks = [None] * dist.get_world_size()
         dist.all_gather_object(ranks, here, group=group)
     return [str(node) for node, _ in ranks], [bool(spare) for _, spare in ranks]
+
+
+def agreed_preemption(distributed: bool) -> Any:
+    """The drain signal that any rank's Ray Train worker holds (the lowest such rank's), the
+    same on every rank: a collective over the default process group, the training thread's
+    (DCP's group is the checkpoint writer's, on its own thread).
+
+    Ray Train's `get_preemption_info()` broadcasts rank 0's copy through the worker group's
+    synchronization actor, a new process for every group: a restart's first step waited for
+    it to start (1.3 s in the median, two cores), and a rank that already held the signal
+    got rank 0's None until rank 0 had it too."""
+    here = signalled_preemption()
+    if not distributed:
+        return here
+    infos: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(infos, here)
+    return next((info for info in infos if info is not None), None)
 
 
 def staging_dir(run: Location, rank: int) -> Path:

@@ -1,7 +1,8 @@
 """What the training loop does about an announced preemption: a small policy, no Ray calls.
 
-Once `ray.train.get_preemption_info()` names a draining node (the watcher drained it on
-AWS's two-minute notice), the loop:
+Once the drain signal Ray Train hands the workers (a `PreemptionInfo`, agreed by all ranks:
+`runtime.loop.agreed_preemption`) names a draining node (the watcher drained it on AWS's
+two-minute notice), the loop:
 
 1. checkpoints at once, so the work done before the notice is safe even if the node goes
    early;
@@ -26,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-POLL_S = 1.0  # how often the loop asks Ray Train about drains; Ray's own watcher polls below it
+POLL_S = 1.0  # how often rank 0 looks for a checkpoint request; the guard counts one as its slack
 MIN_GUARD_S = 3.0  # never cut it finer than this
 HOLD_GRACE_S = 30.0  # still alive this long past the deadline: the node stayed, train on
 
@@ -35,7 +36,7 @@ def poll_due(since_last_poll_s: float, step_s: float) -> bool:
     """Whether to poll at this step boundary: the one nearest POLL_S after the last poll.
 
     A strict `since >= POLL_S` polls every other step half the time when steps take about
-    POLL_S, and every poll is the delay of a notice or a checkpoint request (measured: the
+    POLL_S, and every poll is the delay of a checkpoint request (measured: the
     growth's asked-for checkpoint came 2.3 s after the request at 1 s steps)."""
     return since_last_poll_s + step_s / 2 >= POLL_S
 

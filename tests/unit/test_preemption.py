@@ -81,3 +81,50 @@ def test_short_steps_poll_about_once_a_poll_interval_and_long_steps_every_step()
     short = polled_steps([POLL_S / 5] * 50)  # 0.2 s steps
     assert short[0] == 1 and all(b - a == 5 for a, b in itertools.pairwise(short))
     assert polled_steps([3 * POLL_S] * 4) == [1, 2, 3, 4]
+
+
+def _agree_on_rank(rank: int, world: int, port: int, out: str) -> None:
+    """One gloo rank: agree on the drain signal 30 times while a thread runs collectives on a
+    group of its own, as the checkpoint writer runs DCP's (for torch.multiprocessing.spawn)."""
+    import os
+    import pickle
+    import threading
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from spotray.runtime import loop
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    writers = dist.new_group(backend="gloo")
+    loop.signalled_preemption = lambda: info() if rank == world - 1 else None  # the last rank only
+    writing = threading.Thread(
+        target=lambda: [dist.broadcast_object_list([i], src=0, group=writers) for i in range(200)]
+    )
+    writing.start()
+    agreed = [loop.agreed_preemption(distributed=True) for _ in range(30)]
+    writing.join()
+    Path(out, f"{rank}.pkl").write_bytes(pickle.dumps(agreed))
+    dist.destroy_process_group()
+
+
+def test_every_rank_takes_the_signal_any_rank_holds_while_a_checkpoint_is_written(tmp_path) -> None:
+    import pickle
+
+    import torch.multiprocessing as mp
+
+    from tests.conftest import free_port
+
+    world = 3
+    ranks = mp.spawn(_agree_on_rank, args=(world, free_port(), str(tmp_path)), nprocs=world, join=False)
+    for _ in range(60):  # a collective on the writer's group from the training thread would hang
+        if ranks.join(timeout=1):
+            break
+    else:
+        for process in ranks.processes:
+            process.kill()
+        raise AssertionError("agreeing on the drain signal hung beside the writer's collectives")
+    for rank in range(world):
+        agreed = pickle.loads((tmp_path / f"{rank}.pkl").read_bytes())
+        assert agreed == [info()] * 30  # rank 0 held none: it still takes the last rank's
