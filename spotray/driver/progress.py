@@ -1,9 +1,10 @@
 """Live progress of a run: rank 0 pushes events to a small actor, the driver draws them.
 
-`ray.train.report` is a barrier whose results the controller collects at each poll (every 2 s by default), so
-it is kept for checkpoints; per-step numbers go to `ProgressHub`, a zero-CPU actor owned by the
-driver, with fire-and-forget calls. The hub outlives worker-group restarts, which also
-makes it the place that counts them (for the `auto` checkpoint interval and the summary).
+`ray.train.report` is a barrier whose results the controller collects at each poll (every
+2 s by default), so it is kept for checkpoints; per-step numbers go to `ProgressHub`, a
+zero-CPU actor owned by the driver, with fire-and-forget calls. The hub outlives worker-group
+restarts, which also makes it the place that counts them (for the `auto` checkpoint interval
+and the summary).
 """
 
 from __future__ import annotations
