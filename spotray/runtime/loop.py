@@ -44,7 +44,7 @@ from spotray.runtime import messages as msg
 from spotray.runtime import preemption, preload, strategy, tensors
 from spotray.runtime.optim import autocast, default_optimizer, schedule, uses_bf16
 from spotray.runtime.order import GlobalOrder, micro_batches, to_device
-from spotray.runtime.resume import LoadArgs, Progress, Trainee, registered_paths, resume
+from spotray.runtime.resume import LoadArgs, Progress, Trainee, first_of_ranks, registered_paths, resume
 from spotray.runtime.storage import Location, export_s3_env
 from spotray.workload import Workload, load
 
@@ -531,12 +531,7 @@ def agreed_preemption(distributed: bool) -> Any:
     synchronization actor, a new process for every group: a restart's first step waited for
     it to start (1.3 s in the median, two cores), and a rank that already held the signal
     got rank 0's None until rank 0 had it too."""
-    here = signalled_preemption()
-    if not distributed:
-        return here
-    infos: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(infos, here)
-    return next((info for info in infos if info is not None), None)
+    return first_of_ranks(signalled_preemption(), dist.group.WORLD if distributed else None)
 
 
 def staging_dir(run: Location, rank: int) -> Path:

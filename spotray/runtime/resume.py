@@ -277,10 +277,16 @@ def _problem(files: ckpt.CheckedFiles, names: list[str]) -> str | None:
 def _agree(problem: str | None, group: Any) -> None:
     """Raise ckpt.FileCheckError on every rank when any rank has a problem (the first
     rank's, by rank)."""
-    problems = [problem]
-    if group is not None:
-        problems = [None] * dist.get_world_size(group)
-        dist.all_gather_object(problems, problem, group=group)
-    first = next((p for p in problems if p is not None), None)
+    first = first_of_ranks(problem, group)
     if first is not None:
         raise ckpt.FileCheckError(first)
+
+
+def first_of_ranks(value: Any, group: Any) -> Any:
+    """The lowest rank's `value` that is not None (None where no rank has one), the same on
+    every rank: a collective over `group` (None: one worker)."""
+    values = [value]
+    if group is not None:
+        values = [None] * dist.get_world_size(group)
+        dist.all_gather_object(values, value, group=group)
+    return next((v for v in values if v is not None), None)
