@@ -8,6 +8,11 @@ finds torch, Ray Train, spotray's loop and the workload's module already importe
 process on two cores, more with a big model library. In a worker started cold it is the
 same imports the training function would do first.
 
+The imports run on a thread of their own at the lowest CPU priority (`IMPORT_NICE`): a
+spare's take only the cores the training beside it leaves idle (on the preemption
+benchmark's two cores they slowed its steps), and a restart, which stops the training, leaves
+them all the cores. The training thread keeps the process's priority.
+
 A process that waits with its imports done (a spare, not a worker Ray started for an actor
 that is already there) says so in Ray's KV (`READY_PREFIX`) until an actor takes it, so that
 a restart can go to the nodes whose spares are ready (spotray.elastic.placement).
@@ -37,6 +42,7 @@ MODULES = ("spotray.runtime.loop", "torch._dynamo")
 logger = logging.getLogger("spotray.runtime")
 
 READY_PREFIX = "warm/"  # warm/<job>/<node>/<pid> in spotray's KV namespace: idle, imports done
+IMPORT_NICE = 19  # the lowest CPU priority: the imports take only cores the training leaves idle
 IDLE_S = 0.5  # a process idle longer than this between its imports and its actor was a spare
 
 _ready_at: float | None = None  # the imports done
@@ -44,17 +50,50 @@ _taken_at: float | None = None  # an actor (a Ray Train worker) began in this pr
 
 
 def preload() -> None:
-    """Import what training needs; a module that fails is logged and left to the loop, whose
-    own import then reports it (a failing setup hook would make Ray drop the worker)."""
+    """Import what training needs, at low CPU priority; a module that fails is logged and left
+    to the loop, whose own import then reports it (a failing setup hook would make Ray drop
+    the worker)."""
     global _ready_at
     extra = [m for m in os.environ.get(MODULES_ENV, "").split(",") if m]
-    for name in (*MODULES, *extra):
+    own_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    importer = threading.Thread(
+        target=_import_yielding, args=((*MODULES, *extra), own_nice), name="spotray-preload-imports"
+    )
+    importer.start()
+    importer.join()
+    _ready_at = time.time()
+    threading.Thread(target=_note_when_taken, name="spotray-preload", daemon=True).start()
+
+
+def _import_yielding(names: tuple[str, ...], own_nice: int) -> None:
+    """Import `names` on this thread at `IMPORT_NICE`: a spare imports while the training it
+    stands by for runs beside it (on the same node, and on the same cores where nodes share a
+    machine), and must not slow it. Threads a module starts inherit the low priority; they
+    get the process's (`own_nice`) back where the OS lets a process raise it (root,
+    CAP_SYS_NICE)."""
+    own = threading.get_native_id()
+    before = _threads()
+    try:
+        os.setpriority(os.PRIO_PROCESS, own, IMPORT_NICE)  # Linux: this thread alone
+    except OSError:
+        logger.debug("could not lower the imports' priority", exc_info=True)
+    for name in names:
         try:
             importlib.import_module(name)
         except Exception:  # the training function's own import raises it, with context
             logger.warning("preloading %s failed; the training function imports it again", name, exc_info=1)
-    _ready_at = time.time()
-    threading.Thread(target=_note_when_taken, name="spotray-preload", daemon=True).start()
+    for tid in _threads() - before - {own}:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, own_nice)
+        except OSError:  # gone, or not allowed: a helper thread at low priority
+            logger.debug("thread %d keeps the imports' low priority", tid)
+
+
+def _threads() -> set[int]:
+    try:
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
+    except OSError:  # not Linux: no per-thread priorities either
+        return set()
 
 
 def _note_when_taken() -> None:
