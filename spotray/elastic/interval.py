@@ -16,15 +16,19 @@ The job's MTBF is the node MTBF over the number of nodes (any node's loss stops 
 
 Two floors keep the answer sane: never more often than a checkpoint can be committed
 (write + upload time, since one is in flight at a time), and never more often than Ray
-Train's controller collects reports (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default).
+Train's controller collects reports (`RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`: 2 s by default,
+0.25 s in spotray's runs, spotray.elastic.registry; Ray Train hands the driver's setting to
+its workers, where this runs).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
-RAY_REPORT_POLL_S = 2.0  # Ray Train's default controller poll; reports faster than this queue up
+CONTROLLER_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # how often Ray Train collects reports
+RAY_REPORT_POLL_S = 2.0  # Ray Train's default for it; reports faster than the poll queue up
 MAX_INTERVAL_S = 3600.0  # even a very stable job checkpoints hourly
 
 
@@ -61,6 +65,7 @@ class YoungDalyInterval:
 
     prior_node_mtbf_s: float
     first_steps: int = 20  # before anything is measured
+    report_poll_s: float = RAY_REPORT_POLL_S  # the controller's poll: the floor
 
     def mtbf_s(self, obs: Observation) -> float:
         node_mtbf = (self.prior_node_mtbf_s + obs.node_seconds) / (1 + obs.failures)
@@ -68,7 +73,7 @@ class YoungDalyInterval:
 
     def interval_s(self, obs: Observation) -> float:
         ideal = young_daly_seconds(obs.stall_s, self.mtbf_s(obs))
-        return min(max(ideal, obs.commit_s, RAY_REPORT_POLL_S), MAX_INTERVAL_S)
+        return min(max(ideal, obs.commit_s, self.report_poll_s), MAX_INTERVAL_S)
 
     def next_interval(self, obs: Observation | None) -> int:
         if obs is None or obs.step_s <= 0:
@@ -80,6 +85,8 @@ IntervalPolicy = FixedInterval | YoungDalyInterval
 
 
 def policy_for(interval: int | str, prior_node_mtbf_hours: float) -> IntervalPolicy:
+    """The config's policy; `auto` floored at the controller's poll as this process sees it."""
     if interval == "auto":
-        return YoungDalyInterval(prior_node_mtbf_s=prior_node_mtbf_hours * 3600.0)
+        poll_s = float(os.environ.get(CONTROLLER_POLL_ENV, RAY_REPORT_POLL_S))
+        return YoungDalyInterval(prior_node_mtbf_s=prior_node_mtbf_hours * 3600.0, report_poll_s=poll_s)
     return FixedInterval(int(interval))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spotray.config import JobConfig
+from spotray.elastic.interval import CONTROLLER_POLL_ENV
 from spotray.errors import ConfigError
 
 # Ray system config for the head node of clusters spotray starts (chaos, cluster.local.yaml):
@@ -28,7 +29,8 @@ RAY_TRAIN_SETTINGS = {
     # seen). Four small calls per worker a second; measured at 0.25 s against 1 s
     # (`bench_preemption.py --arm spotray`): 5.8 s and 5.0 s lost per announced preemption,
     # medians of 3, against 6.7 s and 7.7 s in one run.
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    # The checkpoint interval's floor follows it (spotray.elastic.interval).
+    CONTROLLER_POLL_ENV: "0.25",
 }
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from spotray.elastic.interval import (
+    CONTROLLER_POLL_ENV,
     MAX_INTERVAL_S,
     RAY_REPORT_POLL_S,
     FixedInterval,
@@ -15,6 +16,7 @@ from spotray.elastic.interval import (
     policy_for,
     young_daly_seconds,
 )
+from spotray.elastic.registry import RAY_TRAIN_SETTINGS
 
 HOUR = 3600.0
 
@@ -48,6 +50,8 @@ def test_floors_and_ceiling() -> None:
     policy = YoungDalyInterval(prior_node_mtbf_s=2 * HOUR)
     # A free checkpoint would mean "always": floored by the commit time and Ray's poll.
     assert policy.interval_s(obs(stall_s=0.0, commit_s=0.1)) == RAY_REPORT_POLL_S
+    faster = YoungDalyInterval(prior_node_mtbf_s=2 * HOUR, report_poll_s=0.25)
+    assert faster.interval_s(obs(stall_s=0.0, commit_s=0.1)) == 0.25
     assert policy.interval_s(obs(stall_s=0.0, commit_s=30.0)) == 30.0
     assert policy.interval_s(obs(stall_s=1000.0, node_seconds=1e9)) == MAX_INTERVAL_S
 
@@ -60,3 +64,9 @@ def test_policy_for() -> None:
     assert policy_for(50, 2.0) == FixedInterval(50)
     assert policy_for(50, 2.0).next_interval(obs()) == 50
     assert policy_for("auto", 2.0) == YoungDalyInterval(prior_node_mtbf_s=2 * HOUR)
+
+
+def test_auto_is_floored_at_the_poll_ray_train_runs_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CONTROLLER_POLL_ENV, RAY_TRAIN_SETTINGS[CONTROLLER_POLL_ENV])
+    policy = policy_for("auto", 2.0)
+    assert policy.interval_s(obs(stall_s=0.0, commit_s=0.1)) == 0.25  # spotray's runs poll at 0.25 s
