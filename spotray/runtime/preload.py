@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -70,30 +71,31 @@ def _import_yielding(names: tuple[str, ...], own_nice: int) -> None:
     stands by for runs beside it (on the same node, and on the same cores where nodes share a
     machine), and must not slow it. Threads a module starts inherit the low priority; they
     get the process's (`own_nice`) back where the OS lets a process raise it (root,
-    CAP_SYS_NICE)."""
+    CAP_SYS_NICE). Only on Linux, where a priority can be a thread's alone."""
+    yielding = sys.platform.startswith("linux")
     own = threading.get_native_id()
-    before = _threads()
-    try:
-        os.setpriority(os.PRIO_PROCESS, own, IMPORT_NICE)  # Linux: this thread alone
-    except OSError:
-        logger.debug("could not lower the imports' priority", exc_info=True)
+    before = _threads() if yielding else set()
+    if yielding:
+        try:
+            os.setpriority(os.PRIO_PROCESS, own, IMPORT_NICE)  # a thread id: this thread alone
+        except OSError:
+            logger.debug("could not lower the imports' priority", exc_info=True)
     for name in names:
         try:
             importlib.import_module(name)
         except Exception:  # the training function's own import raises it, with context
             logger.warning("preloading %s failed; the training function imports it again", name, exc_info=1)
-    for tid in _threads() - before - {own}:
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, own_nice)
-        except OSError:  # gone, or not allowed: a helper thread at low priority
-            logger.debug("thread %d keeps the imports' low priority", tid)
+    if yielding:
+        for tid in _threads() - before - {own}:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, own_nice)
+            except OSError:  # gone, or not allowed: a helper thread at low priority
+                logger.debug("thread %d keeps the imports' low priority", tid)
 
 
 def _threads() -> set[int]:
-    try:
-        return {int(tid) for tid in os.listdir("/proc/self/task")}
-    except OSError:  # not Linux: no per-thread priorities either
-        return set()
+    """This process's threads, by their Linux thread ids."""
+    return {int(tid) for tid in os.listdir("/proc/self/task")}
 
 
 def _note_when_taken() -> None:
