@@ -60,7 +60,10 @@ def test_before_any_measurement() -> None:
     assert YoungDalyInterval(prior_node_mtbf_s=HOUR).next_interval(None) == 20
 
 
-def test_policy_for() -> None:
+def test_policy_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run in this process (`spotray train` sets Ray Train's settings in the environment)
+    # leaves the controller's poll set: Ray's default is what this case expects.
+    monkeypatch.delenv(CONTROLLER_POLL_ENV, raising=False)
     assert policy_for(50, 2.0) == FixedInterval(50)
     assert policy_for(50, 2.0).next_interval(obs()) == 50
     assert policy_for("auto", 2.0) == YoungDalyInterval(prior_node_mtbf_s=2 * HOUR)
